@@ -1,0 +1,1 @@
+//! The shadowplane proxy-wasm filter (work in progress).

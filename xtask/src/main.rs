@@ -1,0 +1,2 @@
+//! shadowplane's developer tasks (work in progress).
+fn main() {}
