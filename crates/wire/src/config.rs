@@ -258,13 +258,13 @@ fn check_telemetry(t: TelemetryTarget) -> Result<ValidTelemetry> {
     if authority.is_empty() {
         return Err(Error::config("telemetry.authority", "must not be empty"));
     }
-    if let Some(tok) = &t.auth_token {
-        if tok.is_empty() || !tok.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(Error::config(
-                "telemetry.auth_token",
-                "must be visible ASCII, not empty",
-            ));
-        }
+    if let Some(tok) = &t.auth_token
+        && (tok.is_empty() || !tok.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(Error::config(
+            "telemetry.auth_token",
+            "must be visible ASCII, not empty",
+        ));
     }
     let timeout_ms = t.timeout_ms.unwrap_or(DEFAULT_TELEMETRY_TIMEOUT_MS);
     range("telemetry.timeout_ms", timeout_ms, 1, 60_000)?;
