@@ -1,2 +1,85 @@
-//! shadowplane's developer tasks (work in progress).
-fn main() {}
+//! shadowplane's developer tasks: `cargo xtask setup | test | bench | demo | eval`.
+
+mod bench;
+mod cmd;
+mod setup;
+mod test;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// shadowplane's developer tasks
+#[derive(Parser)]
+#[command(name = "xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the wasm32-wasip1 target and Envoy 1.40 (idempotent)
+    Setup,
+    /// Run what CI runs: setup, fmt, clippy, the filter build, all tests, benches compiled
+    Test {
+        /// Extra arguments for `cargo test`, after `--` (e.g. a test name filter)
+        #[arg(last = true)]
+        test_args: Vec<OsString>,
+    },
+    /// Run a benchmark; figures go to target/bench/
+    Bench {
+        /// Which benchmark, e.g. filter-overhead
+        name: String,
+    },
+    /// Run the end-to-end demo (not implemented yet)
+    Demo,
+    /// Run an evaluation (not implemented yet)
+    Eval {
+        /// Which evaluation
+        name: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    match cli.task {
+        Task::Setup => setup::setup(&root).map(drop),
+        Task::Test { test_args } => test::test(&root, &test_args),
+        Task::Bench { name } => bench::run(&root, &name),
+        Task::Demo => bail!("demo is not implemented yet: see issue 6"),
+        Task::Eval { name: _ } => bail!("eval is not implemented yet: see issue 4"),
+    }
+}
+
+/// The workspace root is the parent of xtask/, wherever cargo was invoked from.
+fn workspace_root() -> Result<PathBuf> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask's manifest dir has no parent")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, Task};
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn test_forwards_everything_after_the_double_dash() {
+        let cli = Cli::try_parse_from(["xtask", "test", "--", "e2e", "--", "--nocapture"]).unwrap();
+        let Task::Test { test_args } = cli.task else {
+            panic!("parsed as another task");
+        };
+        assert_eq!(test_args, ["e2e", "--", "--nocapture"]);
+    }
+}

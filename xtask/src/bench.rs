@@ -1,0 +1,28 @@
+//! `cargo xtask bench NAME`: benchmarks whose figures are written to target/bench/.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+/// The benches `run` knows, for the error on an unknown name.
+const KNOWN: &[&str] = &["filter-overhead"];
+
+/// Runs the bench called `name`.
+pub fn run(root: &Path, name: &str) -> Result<()> {
+    let bench = match name {
+        "filter-overhead" => bench_filter_overhead,
+        _ => bail!(
+            "unknown bench `{name}`: known benches are {}",
+            KNOWN.join(", ")
+        ),
+    };
+    let out = root.join("target/bench");
+    fs::create_dir_all(&out).with_context(|| format!("could not create {}", out.display()))?;
+    bench(root)
+}
+
+/// Latency and CPU overhead of the filter in real Envoy.
+pub fn bench_filter_overhead(_root: &Path) -> Result<()> {
+    bail!("bench filter-overhead is not implemented yet")
+}

@@ -1,0 +1,133 @@
+//! `cargo xtask test`: what CI runs, step by step, stopping at the first failure.
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cmd, setup};
+
+/// The filter's .wasm must stay small enough to ship in an Envoy config push.
+const WASM_MAX_BYTES: u64 = 300_000;
+
+/// Runs every check in order; `test_args` go to `cargo test` (e.g. a test name filter).
+pub fn test(root: &Path, test_args: &[OsString]) -> Result<()> {
+    let wasm = root.join("target/wasm32-wasip1/wasm/shadowplane_filter.wasm");
+    let mut envoy = None;
+    let mut steps = Steps::default();
+    steps.run("setup", || {
+        envoy = Some(setup::setup(root)?);
+        Ok(())
+    })?;
+    steps.run("fmt", || {
+        cmd::run(
+            cmd::cargo()
+                .current_dir(root)
+                .args(["fmt", "--all", "--", "--check"]),
+        )
+    })?;
+    steps.run("clippy", || {
+        cmd::run(cmd::cargo().current_dir(root).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
+    steps.run("clippy filter wasm32-wasip1", || {
+        cmd::run(cmd::cargo().current_dir(root).args([
+            "clippy",
+            "-p",
+            "shadowplane-filter",
+            "--target",
+            "wasm32-wasip1",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
+    steps.run("build filter wasm", || {
+        cmd::run(cmd::cargo().current_dir(root).args([
+            "build",
+            "-p",
+            "shadowplane-filter",
+            "--target",
+            "wasm32-wasip1",
+            "--profile",
+            "wasm",
+        ]))?;
+        check_wasm_size(&wasm)
+    })?;
+    steps.run("test", || {
+        let envoy = envoy.as_deref().context("setup found no envoy")?;
+        cmd::run(
+            cmd::cargo()
+                .current_dir(root)
+                .env("ENVOY_BIN", envoy)
+                .env("SHADOWPLANE_FILTER_WASM", &wasm)
+                .args(["test", "--workspace"])
+                .args(test_args),
+        )
+    })?;
+    steps.run("bench compile", || {
+        cmd::run(
+            cmd::cargo()
+                .current_dir(root)
+                .args(["bench", "--workspace", "--no-run"]),
+        )
+    })?;
+    steps.summary();
+    Ok(())
+}
+
+fn check_wasm_size(wasm: &Path) -> Result<()> {
+    let size = fs::metadata(wasm)
+        .with_context(|| format!("the filter build left no {}", wasm.display()))?
+        .len();
+    println!("{}: {size} bytes (limit {WASM_MAX_BYTES})", wasm.display());
+    if size > WASM_MAX_BYTES {
+        bail!(
+            "{} is {size} bytes, over the {WASM_MAX_BYTES} byte limit",
+            wasm.display()
+        );
+    }
+    Ok(())
+}
+
+/// The steps run so far and how long each took.
+#[derive(Default)]
+struct Steps(Vec<(&'static str, Duration)>);
+
+impl Steps {
+    fn run(&mut self, name: &'static str, step: impl FnOnce() -> Result<()>) -> Result<()> {
+        println!("==> {name}");
+        let start = Instant::now();
+        let result = step();
+        let took = start.elapsed();
+        self.0.push((name, took));
+        match result {
+            Ok(()) => {
+                println!("==> {name}: ok in {:.1}s", took.as_secs_f64());
+                Ok(())
+            }
+            Err(err) => {
+                self.summary();
+                Err(err.context(format!(
+                    "step `{name}` failed after {:.1}s",
+                    took.as_secs_f64()
+                )))
+            }
+        }
+    }
+
+    fn summary(&self) {
+        println!("==> steps:");
+        for (name, took) in &self.0 {
+            println!("    {:>7.1}s  {name}", took.as_secs_f64());
+        }
+    }
+}
