@@ -310,7 +310,7 @@ impl RootContext for Root {
             Err(e) => {
                 log(
                     LogLevel::Error,
-                    &format!("shadowplane: invalid configuration: {e}"),
+                    &format!("shadowplane: {e}"),
                 );
                 return false;
             }

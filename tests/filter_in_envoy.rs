@@ -1,0 +1,401 @@
+//! The shadowplane filter inside a real Envoy (`--concurrency 2`, V8), started from the shipped
+//! static bootstrap, in front of two real upstreams and reporting to a real collector.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use shadowplane_e2e::filter_stack::filter_config;
+use shadowplane_e2e::{Client, FilterStack, upstream::SERVED_BY};
+use tokio::task::JoinSet;
+
+const REPORT_WAIT: Duration = Duration::from_secs(15);
+
+fn share(n: u64, of: u64) -> f64 {
+    n as f64 / of as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splits_90_10_and_reports_every_request_exactly_once() {
+    let stack = FilterStack::start(filter_config(90, 10, 500))
+        .await
+        .unwrap();
+    let url = stack.url("/split");
+    // 16 connections spread over both Envoy workers, so several VMs report.
+    let res = Client::new()
+        .run(2000, 16, move |_| (url.clone(), vec![]))
+        .await;
+    assert_eq!(
+        res.count(200),
+        2000,
+        "statuses {:?}, first error {:?}",
+        res.statuses,
+        res.first_error
+    );
+    let shadow = share(res.served_by("shadow"), 2000);
+    assert!((shadow - 0.10).abs() <= 0.03, "shadow share {shadow}");
+
+    assert!(
+        stack.collector.wait_for_requests(2000, REPORT_WAIT).await,
+        "reports cover {} of 2000 requests",
+        stack.collector.total_requests()
+    );
+    // Two more windows: nothing may be counted twice, late or resent.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(stack.collector.total_requests(), 2000);
+    let by_cluster = stack.collector.requests_by_cluster();
+    assert_eq!(
+        by_cluster.get("primary").copied(),
+        Some(res.served_by("primary"))
+    );
+    assert_eq!(
+        by_cluster.get("shadow").copied(),
+        Some(res.served_by("shadow"))
+    );
+    assert_eq!(stack.primary.served() + stack.shadow.served(), 2000);
+    let workers: BTreeSet<String> = stack
+        .collector
+        .reports()
+        .iter()
+        .map(|r| r.worker.clone())
+        .collect();
+    assert!(
+        workers.len() >= 2,
+        "reports from one worker only: {workers:?}"
+    );
+    assert_eq!(
+        stack.collector.merged_cluster("primary").responses_2xx,
+        res.served_by("primary")
+    );
+    assert_eq!(
+        stack.collector.rejected(),
+        0,
+        "{:?}",
+        stack.collector.last_rejection()
+    );
+
+    // Envoy's own stats show the filter's per-group metrics.
+    let total = stack
+        .envoy
+        .stat_counter("wasmcustom.shadowplane.group.primary.rq_total")
+        .await;
+    assert_eq!(total, Some(res.served_by("primary")));
+    let prom = stack.envoy.admin_get("/stats/prometheus").await;
+    assert!(
+        prom.contains("shadowplane_group_shadow_rq_total"),
+        "prometheus output lacks the filter's metrics"
+    );
+    assert!(
+        prom.contains("shadowplane_group_primary_rq_time_ms_bucket"),
+        "no latency histogram"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_delay_shows_in_the_merged_p50() {
+    // Half the traffic to a primary that waits 20 ms, half to a shadow that does not: the
+    // difference of their p50s, measured side by side, is what the delay added.
+    let stack = FilterStack::start(filter_config(50, 50, 500))
+        .await
+        .unwrap();
+    stack.primary.set_delay(Duration::from_millis(20));
+    let url = stack.url("/slow");
+    let res = Client::new()
+        .run(400, 8, move |_| (url.clone(), vec![]))
+        .await;
+    assert_eq!(res.count(200), 400, "{:?}", res.first_error);
+    assert!(stack.collector.wait_for_requests(400, REPORT_WAIT).await);
+
+    let slow = stack.collector.merged_sketch("primary");
+    let fast = stack.collector.merged_sketch("shadow");
+    assert_eq!(slow.count() + fast.count(), 400);
+    let (p50_slow, p50_fast) = (slow.quantile(0.5).unwrap(), fast.quantile(0.5).unwrap());
+    let added = p50_slow - p50_fast;
+    // The upstream says how long it really held requests: on a loaded machine the thread that
+    // sleeps 20 ms wakes late, and the filter must see exactly that, not the nominal 20 ms.
+    let injected = stack.primary.held_us().quantile(0.5).unwrap()
+        - stack.shadow.held_us().quantile(0.5).unwrap();
+    assert!(injected >= 19_800.0, "upstream held requests {injected} µs");
+    let bound = 1000.0 + 0.01 * injected;
+    eprintln!(
+        "p50 without delay {p50_fast:.0} µs, with the delay {p50_slow:.0} µs: \
+         added {added:.0} µs, upstream injected {injected:.0} µs"
+    );
+    assert!(
+        (added - injected).abs() <= bound,
+        "the delay added {added} µs to the p50 ({p50_fast} -> {p50_slow}), injected {injected} ± {bound}"
+    );
+    // The filter sees each request inside the client's view of it.
+    let client_p50 = res.latency_us.quantile(0.5).unwrap();
+    let merged_p50 = {
+        let mut all = slow.clone();
+        all.merge(&fast);
+        all.quantile(0.5).unwrap()
+    };
+    assert!(
+        merged_p50 <= client_p50 * 1.02,
+        "filter p50 {merged_p50} above client p50 {client_p50}"
+    );
+}
+
+/// Sends `per_session` sequential requests for each of `sessions` sessions (16 at a time) and
+/// returns the set of groups each session was served by.
+async fn sessions(
+    stack: &FilterStack,
+    sessions: usize,
+    per_session: usize,
+) -> Vec<BTreeSet<String>> {
+    let client = Client::new();
+    let url = stack.url("/session");
+    let gate = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut tasks = JoinSet::new();
+    for s in 0..sessions {
+        let (client, url, gate) = (client.clone(), url.clone(), gate.clone());
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            let key = format!("session-{s}");
+            let mut seen = BTreeSet::new();
+            for _ in 0..per_session {
+                let (status, headers, _) =
+                    client.get(&url, &[("x-session-id", &key)]).await.unwrap();
+                assert_eq!(status, 200);
+                let by = headers
+                    .get(SERVED_BY)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("?");
+                seen.insert(by.to_string());
+            }
+            (s, seen)
+        });
+    }
+    let mut out = vec![BTreeSet::new(); sessions];
+    while let Some(r) = tasks.join_next().await {
+        let (s, seen) = r.unwrap();
+        out[s] = seen;
+    }
+    out
+}
+
+fn sticky(primary: u32, shadow: u32) -> serde_json::Value {
+    let mut c = filter_config(primary, shadow, 500);
+    c["routing"] = json!("sticky");
+    c["session_key"] = json!({"header": "x-session-id"});
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_sessions_stay_and_only_primary_sessions_move() {
+    let stack = FilterStack::start(sticky(90, 10)).await.unwrap();
+    let before = sessions(&stack, 500, 10).await;
+    for (s, groups) in before.iter().enumerate() {
+        assert_eq!(groups.len(), 1, "session {s} was served by {groups:?}");
+    }
+    let on_shadow = |v: &[BTreeSet<String>]| v.iter().filter(|g| g.contains("shadow")).count();
+    let shadow_before = on_shadow(&before);
+    assert!(
+        (20..=80).contains(&shadow_before),
+        "{shadow_before} of 500 sessions on the shadow at 10%"
+    );
+
+    stack.set_weights(&sticky(70, 30)).await.unwrap();
+    let after = sessions(&stack, 500, 4).await;
+    let mut moved = 0;
+    for (s, (a, b)) in before.iter().zip(&after).enumerate() {
+        assert_eq!(
+            b.len(),
+            1,
+            "session {s} was served by {b:?} after the change"
+        );
+        if a.contains("shadow") {
+            assert!(
+                b.contains("shadow"),
+                "session {s} moved from the shadow back to the primary"
+            );
+        } else if b.contains("shadow") {
+            moved += 1;
+        }
+    }
+    let shadow_after = on_shadow(&after);
+    assert_eq!(shadow_after, shadow_before + moved);
+    // 20 of the primary's 90 points moved: about 22% of primary sessions.
+    let moved_share = share(moved as u64, (500 - shadow_before) as u64);
+    assert!(
+        (0.12..=0.32).contains(&moved_share),
+        "{moved} primary sessions moved ({moved_share})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_change_at_run_time_without_restart_or_failed_request() {
+    let stack = FilterStack::start(filter_config(100, 0, 500))
+        .await
+        .unwrap();
+    let pid = stack.envoy.pid();
+
+    // Background traffic across every change, bounded in time and count.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut background = JoinSet::new();
+    for _ in 0..4 {
+        let (client, url) = (Client::new(), stack.url("/background"));
+        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+        background.spawn(async move {
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
+                sent.fetch_add(1, Ordering::Relaxed);
+                if !matches!(client.get(&url, &[]).await, Ok((200, _, _))) {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+    }
+
+    // 4000 requests per weight set: at 50/50 the share's standard deviation is 0.8 points, so
+    // the 3-point bound is almost 4 sigma away and the test does not flake.
+    const N: usize = 4000;
+    let client = Client::new();
+    for (p, s) in [(90, 10), (50, 50), (0, 100), (100, 0)] {
+        stack.set_weights(&filter_config(p, s, 500)).await.unwrap();
+        let url = stack.url("/measure");
+        let res = client.run(N, 16, move |_| (url.clone(), vec![])).await;
+        assert_eq!(res.count(200), N as u64, "{:?}", res.first_error);
+        let shadow = share(res.served_by("shadow"), N as u64);
+        let want = f64::from(s) / 100.0;
+        assert!(
+            (shadow - want).abs() <= 0.03,
+            "weights {p}/{s}: shadow share {shadow}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    while background.join_next().await.is_some() {}
+    assert!(
+        sent.load(Ordering::Relaxed) > 100,
+        "background load too small to mean anything"
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during weight changes"
+    );
+    assert_eq!(stack.envoy.pid(), pid);
+    assert!(stack.envoy.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_outage_drops_old_reports_keeps_memory_flat_and_resumes() {
+    let mut config = filter_config(50, 50, 200);
+    config["buffer_reports"] = json!(4);
+    config["telemetry"]["timeout_ms"] = json!(500);
+    let stack = FilterStack::start(config).await.unwrap();
+    let url = stack.url("/outage");
+    let client = Client::new();
+    let warm = client.run(100, 4, {
+        let url = url.clone();
+        move |_| (url.clone(), vec![])
+    });
+    assert_eq!(warm.await.count(200), 100);
+    assert!(stack.collector.wait_for_requests(100, REPORT_WAIT).await);
+
+    stack.collector.stop().await;
+    let dropped = "wasmcustom.shadowplane.reports_dropped";
+    let started = Instant::now();
+    let mut rss = BTreeMap::new();
+    let (mut sent, mut ok) = (0u64, 0u64);
+    while started.elapsed() < Duration::from_secs(10) {
+        for _ in 0..10 {
+            sent += 1;
+            if matches!(client.get(&url, &[]).await, Ok((200, _, _))) {
+                ok += 1;
+            }
+        }
+        rss.insert(started.elapsed().as_secs(), stack.envoy.rss_bytes());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ok, sent, "requests failed while the collector was down");
+    let dropped_now = stack.envoy.stat_counter(dropped).await.unwrap_or(0);
+    assert!(
+        dropped_now > 0,
+        "no report dropped after 10 s of outage with a buffer of 4"
+    );
+    // Memory: after the buffer filled (a second at 200 ms windows), RSS stays flat.
+    let early = rss[&2];
+    let late = *rss.values().last().unwrap();
+    let growth = late.saturating_sub(early);
+    eprintln!("outage: {dropped_now} reports dropped; RSS at 2 s {early}, at 10 s {late} bytes");
+    assert!(
+        growth < 4 << 20,
+        "Envoy RSS grew {growth} bytes during the outage ({early} -> {late})"
+    );
+
+    let stored = stack.collector.total_requests();
+    stack.collector.restart().await.unwrap();
+    let res = client.run(50, 4, move |_| (url.clone(), vec![])).await;
+    assert_eq!(res.count(200), 50);
+    assert!(
+        stack
+            .collector
+            .wait_for_requests(stored + 50, REPORT_WAIT)
+            .await,
+        "reports did not resume: {} stored before, {} now",
+        stored,
+        stack.collector.total_requests()
+    );
+    assert!(
+        stack.collector.max_reports_dropped() > 0,
+        "resumed reports do not carry the drop count"
+    );
+    assert!(
+        stack
+            .envoy
+            .stat_counter("wasmcustom.shadowplane.reports_failed")
+            .await
+            .unwrap_or(0)
+            > 0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_configuration_is_rejected_with_the_filters_error_and_envoy_keeps_serving() {
+    let stack = FilterStack::start(filter_config(100, 0, 500))
+        .await
+        .unwrap();
+    let client = Client::new();
+    let bad =
+        json!({"groups": [{"name": "primary", "weight": 90}, {"name": "primary", "weight": 10}]});
+    assert!(
+        !stack.set_filter_config(&bad).await.unwrap(),
+        "Envoy accepted a bad configuration"
+    );
+    assert!(
+        stack
+            .envoy
+            .wait_for_log(
+                "shadowplane: filter configuration: groups[1].name: \"primary\" is listed twice",
+                Duration::from_secs(10)
+            )
+            .await,
+        "no error line naming the field; log tail:\n{}",
+        stack.envoy.log_tail()
+    );
+    assert!(stack.envoy.is_running());
+    let url = stack.url("/after-bad-config");
+    let res = client.run(50, 4, move |_| (url.clone(), vec![])).await;
+    assert_eq!(res.count(200), 50, "{:?}", res.first_error);
+    // Still the old configuration: everything on the primary, the filter still reporting.
+    assert_eq!(res.served_by("primary"), 50);
+    assert!(stack.collector.wait_for_requests(50, REPORT_WAIT).await);
+
+    // A good configuration afterwards applies as usual.
+    assert!(
+        stack
+            .set_filter_config(&filter_config(0, 100, 500))
+            .await
+            .unwrap()
+    );
+    let url = stack.url("/after-fix");
+    let res = client.run(50, 4, move |_| (url.clone(), vec![])).await;
+    assert_eq!(res.served_by("shadow"), 50);
+}
