@@ -399,3 +399,47 @@ async fn malformed_configuration_is_rejected_with_the_filters_error_and_envoy_ke
     let res = client.run(50, 4, move |_| (url.clone(), vec![])).await;
     assert_eq!(res.served_by("shadow"), 50);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_filter_the_routes_split_by_the_same_weights_and_refuse_other_clusters() {
+    let stack = FilterStack::start_without_filter(filter_config(70, 30, 500))
+        .await
+        .unwrap();
+    let url = stack.url("/fallback");
+    let res = Client::new()
+        .run(2000, 16, move |_| (url.clone(), vec![]))
+        .await;
+    assert_eq!(res.count(200), 2000, "{:?}", res.first_error);
+    let shadow = share(res.served_by("shadow"), 2000);
+    assert!((shadow - 0.30).abs() <= 0.03, "shadow share {shadow}");
+
+    // A client naming a group itself is honoured only for the configured groups: it cannot
+    // reach the telemetry cluster through the route header.
+    let client = Client::new();
+    let (status, headers, _) = client
+        .get(&stack.url("/pick"), &[("x-shadowplane-cluster", "shadow")])
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, headers.get(SERVED_BY).map(|v| v.to_str().unwrap())),
+        (200, Some("shadow"))
+    );
+    let telemetry_posts = stack.collector.posts();
+    for _ in 0..20 {
+        let (status, headers, _) = client
+            .get(
+                &stack.url("/v1/telemetry"),
+                &[("x-shadowplane-cluster", "shadowplane_telemetry")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        assert!(
+            headers.get(SERVED_BY).is_some(),
+            "answered by something other than a group"
+        );
+    }
+    assert_eq!(stack.collector.posts(), telemetry_posts);
+    // Nothing reports without the filter.
+    assert_eq!(stack.collector.total_requests(), 0);
+}

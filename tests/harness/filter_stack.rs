@@ -89,6 +89,19 @@ impl FilterStack {
     /// Starts everything with `filter` as the filter's configuration and the route's fallback
     /// weights taken from its groups.
     pub async fn start(filter: serde_json::Value) -> anyhow::Result<FilterStack> {
+        Self::start_with(filter, true).await
+    }
+
+    /// The same bootstrap with the shadowplane filter taken out of the HTTP filter chain, as
+    /// if it had failed open: the routes alone decide (`filter` still gives their weights).
+    pub async fn start_without_filter(filter: serde_json::Value) -> anyhow::Result<FilterStack> {
+        Self::start_with(filter, false).await
+    }
+
+    async fn start_with(
+        filter: serde_json::Value,
+        load_filter: bool,
+    ) -> anyhow::Result<FilterStack> {
         let root = workspace_root();
         let config_dir = root.join("envoy-config");
         let primary = Upstream::start("primary").await;
@@ -113,6 +126,20 @@ impl FilterStack {
             ("envoy-config/filter-static", dyn_dir),
         ] {
             bootstrap = replace_all(&bootstrap, from, &to)?;
+        }
+        if !load_filter {
+            let mut doc: Value = serde_yaml_ng::from_str(&bootstrap)?;
+            let chain = &mut doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+                [0]["typed_config"]["http_filters"];
+            let Value::Sequence(filters) = chain else {
+                bail!("the bootstrap has no http_filters list")
+            };
+            let before = filters.len();
+            filters.retain(|f| f["name"].as_str() != Some("shadowplane"));
+            if filters.len() == before {
+                bail!("the bootstrap has no http filter named shadowplane");
+            }
+            bootstrap = serde_yaml_ng::to_string(&doc)?;
         }
 
         let filter_template = read_yaml(&config_dir.join("filter-static/filter.yaml"))?;
