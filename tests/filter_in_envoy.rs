@@ -65,10 +65,12 @@ async fn splits_90_10_and_reports_every_request_exactly_once() {
         workers.len() >= 2,
         "reports from one worker only: {workers:?}"
     );
-    assert_eq!(
-        stack.collector.merged_cluster("primary").responses_2xx,
-        res.served_by("primary")
-    );
+    let primary = stack.collector.merged_cluster("primary");
+    assert_eq!(primary.responses_2xx, res.served_by("primary"));
+    // Bytes out: every upstream answers with its name and a newline.
+    assert_eq!(primary.response_bytes, 8 * res.served_by("primary"));
+    assert_eq!(primary.request_bytes, 0, "GET requests carry no body");
+    assert_eq!(primary.latency.count(), primary.requests);
     assert_eq!(
         stack.collector.rejected(),
         0,
@@ -442,4 +444,23 @@ async fn without_the_filter_the_routes_split_by_the_same_weights_and_refuse_othe
     assert_eq!(stack.collector.posts(), telemetry_posts);
     // Nothing reports without the filter.
     assert_eq!(stack.collector.total_requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_are_counted_as_bytes_in() {
+    let stack = FilterStack::start(filter_config(100, 0, 500))
+        .await
+        .unwrap();
+    let client = Client::new();
+    for _ in 0..20 {
+        let (status, _, _) = client
+            .post(&stack.url("/upload"), &[], vec![b'x'; 3000])
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+    }
+    assert!(stack.collector.wait_for_requests(20, REPORT_WAIT).await);
+    let primary = stack.collector.merged_cluster("primary");
+    assert_eq!(primary.request_bytes, 20 * 3000);
+    assert_eq!(primary.response_bytes, 20 * 8);
 }

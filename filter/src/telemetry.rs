@@ -42,9 +42,9 @@ pub struct RequestRecord {
     pub status: Option<u32>,
     /// Envoy's response flags.
     pub flags: u64,
-    /// Request bytes, headers included.
+    /// Request body bytes.
     pub request_bytes: u64,
-    /// Response bytes, headers included.
+    /// Response body bytes.
     pub response_bytes: u64,
     /// Microseconds from request headers to the end of the response, if measured.
     pub latency_us: Option<f64>,
@@ -144,10 +144,13 @@ impl Telemetry {
             } else {
                 OVERFLOW_CLUSTER
             };
-        let s = self
-            .window
-            .entry(key.to_string())
-            .or_insert_with(|| ClusterStats::new(key));
+        // Look up before inserting: `entry` would allocate the key on every request.
+        if !self.window.contains_key(key) {
+            self.window.insert(key.to_string(), ClusterStats::new(key));
+        }
+        let Some(s) = self.window.get_mut(key) else {
+            return;
+        };
         s.requests += 1;
         match r.status {
             Some(200..=299) => s.responses_2xx += 1,

@@ -112,9 +112,9 @@ pub struct ClusterStats {
     pub upstream_resets: u64,
     /// Upstream request timeouts and stream idle timeouts (flags `UT`, `SI`).
     pub timeouts: u64,
-    /// Request bytes received from downstream (headers and body).
+    /// Request body bytes received from downstream.
     pub request_bytes: u64,
-    /// Response bytes sent to downstream (headers and body).
+    /// Response body bytes sent to downstream.
     pub response_bytes: u64,
     /// Time from request headers to the end of the response, in microseconds.
     pub latency: LatencySketch,
