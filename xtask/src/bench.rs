@@ -5,13 +5,15 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
+mod filter_overhead;
+
 /// The benches `run` knows, for the error on an unknown name.
 const KNOWN: &[&str] = &["filter-overhead"];
 
 /// Runs the bench called `name`.
 pub fn run(root: &Path, name: &str) -> Result<()> {
     let bench = match name {
-        "filter-overhead" => bench_filter_overhead,
+        "filter-overhead" => filter_overhead::run,
         _ => bail!(
             "unknown bench `{name}`: known benches are {}",
             KNOWN.join(", ")
@@ -20,9 +22,4 @@ pub fn run(root: &Path, name: &str) -> Result<()> {
     let out = root.join("target/bench");
     fs::create_dir_all(&out).with_context(|| format!("could not create {}", out.display()))?;
     bench(root)
-}
-
-/// Latency and CPU overhead of the filter in real Envoy.
-pub fn bench_filter_overhead(_root: &Path) -> Result<()> {
-    bail!("bench filter-overhead is not implemented yet")
 }
