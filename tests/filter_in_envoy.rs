@@ -464,3 +464,32 @@ async fn request_bodies_are_counted_as_bytes_in() {
     assert_eq!(primary.request_bytes, 20 * 3000);
     assert_eq!(primary.response_bytes, 20 * 8);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_by_cookie_keeps_each_session_on_one_group() {
+    let mut config = filter_config(50, 50, 500);
+    config["routing"] = json!("sticky");
+    config["session_key"] = json!({"cookie": "sid"});
+    let stack = FilterStack::start(config).await.unwrap();
+    let client = Client::new();
+    let mut groups_seen = BTreeSet::new();
+    for s in 0..60 {
+        let cookie = format!("theme=dark; sid=user-{s}; lang=en");
+        let mut seen = BTreeSet::new();
+        for _ in 0..5 {
+            let (status, headers, _) = client
+                .get(&stack.url("/cookie"), &[("cookie", &cookie)])
+                .await
+                .unwrap();
+            assert_eq!(status, 200);
+            seen.insert(headers[SERVED_BY].to_str().unwrap().to_string());
+        }
+        assert_eq!(seen.len(), 1, "session {s} was served by {seen:?}");
+        groups_seen.extend(seen);
+    }
+    assert_eq!(
+        groups_seen.len(),
+        2,
+        "60 sessions at 50/50 all landed on {groups_seen:?}"
+    );
+}
