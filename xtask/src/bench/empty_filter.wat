@@ -1,10 +1,12 @@
-;; The empty proxy-wasm filter of `cargo xtask bench filter-overhead`: an HTTP filter that
-;; implements proxy-wasm ABI v0.2.1 and does nothing, so the bench can measure the floor cost of
-;; running any Wasm filter in Envoy's V8 runtime (creating a context per request and calling into
-;; the VM for each event) apart from what the shadowplane filter itself does.
+;; The `empty-wat` filter of `cargo xtask bench filter-overhead`: an HTTP filter that implements
+;; proxy-wasm ABI v0.2.1 and does nothing, so the bench can measure the floor cost of running any
+;; Wasm filter in Envoy's V8 runtime (creating a context per request and calling into the VM for
+;; each event) apart from what the shadowplane filter itself does.
 ;;
-;; Every callback is optional in the ABI; the per-request ones are exported anyway, because a
-;; real filter has them and Envoy calls into the VM only for the ones that exist.
+;; Every callback is optional in the ABI, and Envoy calls into the VM only for the ones that
+;; exist: this module exports the header, log and lifecycle ones a real filter has, but no body
+;; or trailer callbacks. The Rust SDK exports all of them, so the bench's `empty-sdk` filter is
+;; the floor for filters built on it; this one is lower.
 (module
   ;; One page for the allocator to start in; it grows on demand.
   (memory (export "memory") 1)
