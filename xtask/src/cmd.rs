@@ -25,6 +25,32 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs `cmd` like [`run`], passing its stdout through line by line to `each_line` as well
+/// as to our stdout.
+pub fn run_watching(cmd: &mut Command, mut each_line: impl FnMut(&str)) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let line = display(cmd);
+    println!("$ {line}");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start `{line}`"))?;
+    if let Some(out) = child.stdout.take() {
+        for l in BufReader::new(out).lines() {
+            let l = l.with_context(|| format!("reading the output of `{line}`"))?;
+            println!("{l}");
+            each_line(&l);
+        }
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for `{line}`"))?;
+    if !status.success() {
+        bail!("`{line}` failed: {status}");
+    }
+    Ok(())
+}
+
 /// Runs `cmd` quietly and returns its stdout and stderr together, failing if it does not exit
 /// successfully.
 pub fn output(cmd: &mut Command) -> Result<String> {

@@ -65,15 +65,17 @@ pub fn test(root: &Path, test_args: &[OsString]) -> Result<()> {
         ]))?;
         check_wasm_size(&wasm)
     })?;
+    let mut totals = Totals::default();
     steps.run("test", || {
         let envoy = envoy.as_deref().context("setup found no envoy")?;
-        cmd::run(
+        cmd::run_watching(
             cmd::cargo()
                 .current_dir(root)
                 .env("ENVOY_BIN", envoy)
                 .env("SHADOWPLANE_FILTER_WASM", &wasm)
                 .args(["test", "--workspace"])
                 .args(test_args),
+            |line| totals.add(line),
         )
     })?;
     steps.run("bench compile", || {
@@ -84,7 +86,43 @@ pub fn test(root: &Path, test_args: &[OsString]) -> Result<()> {
         )
     })?;
     steps.summary();
+    // One closing line for every test binary together: cargo's own last line is the result
+    // of whichever binary ran last (often a doc-test run with nothing in it).
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
     Ok(())
+}
+
+/// Test counts summed over the `test result:` lines of every test binary.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    /// Adds one line of `cargo test` output if it is a `test result:` line.
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(kind), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match kind {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
 }
 
 fn check_wasm_size(wasm: &Path) -> Result<()> {
@@ -132,5 +170,31 @@ impl Steps {
         for (name, took) in &self.0 {
             println!("    {:>7.1}s  {name}", took.as_secs_f64());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_add_up_every_result_line_and_ignore_the_rest() {
+        let mut t = Totals::default();
+        for line in [
+            "test result: ok. 20 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 5.24s",
+            "running 3 tests",
+            "test result: FAILED. 8 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 15.25s",
+            "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s",
+        ] {
+            t.add(line);
+        }
+        assert_eq!(
+            t,
+            Totals {
+                passed: 28,
+                failed: 1,
+                ignored: 1
+            }
+        );
     }
 }
