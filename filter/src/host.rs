@@ -250,7 +250,7 @@ impl Root {
                         log(
                             LogLevel::Warn,
                             &format!(
-                                "shadowplane: cannot send reports to cluster {:?}: {status:?}",
+                                "shadowplane: cannot send reports to cluster \"{}\": {status:?}",
                                 target.cluster
                             ),
                         );

@@ -159,7 +159,7 @@ impl FilterConfig {
                 return Err(Error::config(
                     format!("groups[{i}].name"),
                     format!(
-                        "{:?} is not a cluster name (visible ASCII, not empty)",
+                        "\"{}\" is not a cluster name (visible ASCII, not empty)",
                         g.name
                     ),
                 ));
@@ -167,7 +167,7 @@ impl FilterConfig {
             if self.groups[..i].iter().any(|o| o.name == g.name) {
                 return Err(Error::config(
                     format!("groups[{i}].name"),
-                    format!("{:?} is listed twice", g.name),
+                    format!("\"{}\" is listed twice", g.name),
                 ));
             }
             if g.weight > 1_000_000 {
@@ -191,7 +191,7 @@ impl FilterConfig {
             (_, Some(SessionKey::Header(h) | SessionKey::Cookie(h))) if !is_token(&h) => {
                 return Err(Error::config(
                     "session_key",
-                    format!("{h:?} is not a valid header or cookie name"),
+                    format!("\"{h}\" is not a valid header or cookie name"),
                 ));
             }
             (RoutingMode::Random, Some(_)) => {
@@ -209,7 +209,7 @@ impl FilterConfig {
         if !is_token(&route_header) {
             return Err(Error::config(
                 "route_header",
-                format!("{route_header:?} is not a valid header name"),
+                format!("\"{route_header}\" is not a valid header name"),
             ));
         }
         let report_interval_ms = self
@@ -249,7 +249,7 @@ fn check_telemetry(t: TelemetryTarget) -> Result<ValidTelemetry> {
     if !path.starts_with('/') {
         return Err(Error::config(
             "telemetry.path",
-            format!("{path:?} must start with '/'"),
+            format!("\"{path}\" must start with '/'"),
         ));
     }
     let authority = t
