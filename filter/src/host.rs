@@ -244,7 +244,7 @@ impl Root {
             }
             Err(status) => {
                 with_vm(|vm| {
-                    vm.telemetry.dispatch_failed(out.sequence);
+                    vm.telemetry.failed(out.sequence);
                     if !vm.outage_logged {
                         vm.outage_logged = true;
                         log(

@@ -236,17 +236,13 @@ impl Telemetry {
         self.next_to_send(now_ms)
     }
 
-    /// The callout for `sequence` failed; the report stays queued for the next tick.
+    /// The callout for `sequence` failed, or could not even be dispatched (an unknown cluster,
+    /// say); the report stays queued for the next tick.
     pub fn failed(&mut self, sequence: u64) {
         if self.in_flight.map(|(s, _)| s) == Some(sequence) {
             self.in_flight = None;
             self.stats.failed += 1;
         }
-    }
-
-    /// The host could not even dispatch the callout (for example an unknown cluster).
-    pub fn dispatch_failed(&mut self, sequence: u64) {
-        self.failed(sequence);
     }
 
     fn next_to_send(&mut self, now_ms: u64) -> Option<Outgoing> {
