@@ -12,6 +12,16 @@ pub fn cargo() -> Command {
     Command::new(env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo")))
 }
 
+/// Builds `packages` for `wasm32-wasip1` with the `wasm` profile, in one cargo run.
+pub fn build_wasm(root: &std::path::Path, packages: &[&str]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.current_dir(root).arg("build");
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    run(cmd.args(["--target", "wasm32-wasip1", "--profile", "wasm"]))
+}
+
 /// Runs `cmd` with inherited stdio and fails if it does not exit successfully.
 pub fn run(cmd: &mut Command) -> Result<()> {
     let line = display(cmd);

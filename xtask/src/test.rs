@@ -54,15 +54,7 @@ pub fn test(root: &Path, test_args: &[OsString]) -> Result<()> {
         ]))
     })?;
     steps.run("build filter wasm", || {
-        cmd::run(cmd::cargo().current_dir(root).args([
-            "build",
-            "-p",
-            "shadowplane-filter",
-            "--target",
-            "wasm32-wasip1",
-            "--profile",
-            "wasm",
-        ]))?;
+        cmd::build_wasm(root, &["shadowplane-filter"])?;
         check_wasm_size(&wasm)
     })?;
     let mut totals = Totals::default();

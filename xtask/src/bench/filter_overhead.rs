@@ -367,17 +367,10 @@ pub fn run(root: &Path) -> Result<()> {
         envoy_bin.display()
     );
     // One cargo run for both SDK modules: the same profile, and the SDK builds once.
-    cmd::run(cmd::cargo().current_dir(root).args([
-        "build",
-        "-p",
-        "shadowplane-filter",
-        "-p",
-        "shadowplane-example-empty-filter",
-        "--target",
-        "wasm32-wasip1",
-        "--profile",
-        "wasm",
-    ]))?;
+    cmd::build_wasm(
+        root,
+        &["shadowplane-filter", "shadowplane-example-empty-filter"],
+    )?;
     let built = root.join("target/wasm32-wasip1/wasm");
     let out = root.join("target/bench");
     let modules = Modules {
