@@ -268,11 +268,8 @@ impl Root {
     }
 
     fn publish_metrics() {
-        with_vm(|vm| {
-            vm.metrics.flush();
-            vm.metrics
-                .delivery(vm.telemetry.stats(), vm.telemetry.buffered());
-        });
+        with_vm(|vm| vm.metrics.flush());
+        Self::publish_delivery();
     }
 }
 

@@ -400,7 +400,8 @@ mod tests {
         assert_eq!(t.tick(2000), None, "still in flight");
         let again = t.tick(4000).expect("deadline passed, resent");
         assert_eq!(again, o);
-        // The late answer to the first attempt is ignored; the second is what counts.
+        // Both attempts carry the same sequence: one accepted answer removes the report, and
+        // the collector drops the other copy by its sequence number.
         assert_eq!(t.delivered(again.sequence, 4001), None);
         assert_eq!(t.buffered(), 0);
         assert_eq!(
