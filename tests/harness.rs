@@ -12,6 +12,8 @@
 //!   de-duplicates them, and can be stopped and restarted on the same port.
 //! - [`filter_stack`]: the shipped static bootstrap with the filter, two upstreams and a
 //!   collector, and run-time weight changes through its watched files.
+//! - [`control_plane`]: the `shadowplane serve` process on free ports, its admin API, the
+//!   shipped ADS bootstrap adapted per Envoy, and a background load that counts failures.
 //! - [`load`]: an HTTP/1.1 client and a bounded load generator that tallies statuses and
 //!   `x-served-by`.
 
@@ -20,6 +22,8 @@
 // as the house layout (`foo.rs` beside `foo/`) wants.
 #[path = "harness/collector.rs"]
 pub mod collector;
+#[path = "harness/control_plane.rs"]
+pub mod control_plane;
 #[path = "harness/envoy.rs"]
 pub mod envoy;
 #[path = "harness/filter_stack.rs"]

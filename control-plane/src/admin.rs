@@ -1,0 +1,170 @@
+//! The admin HTTP API (JSON): sync status, services and weights, reload, events, and the
+//! telemetry endpoint the filter posts its reports to.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/healthz` | `ok` |
+//! | GET | `/v1/status` | per node group, per node: SYNCED, STALE or NACKED (with the error) |
+//! | GET | `/v1/services` | services, groups, roles and weights |
+//! | PUT | `/v1/services/NAME/weights` | `{"weights": {"primary": 90, "shadow": 10}, "canary": ["node"]}` |
+//! | POST | `/v1/reload` | re-read the file; body optional: `{"canary": ["node"]}` |
+//! | GET | `/v1/events?since=N` | xDS events (ACK, NACK, rollback, canary promotion, sync) |
+//! | GET | `/v1/snapshot` | the resources served, rendered as text |
+//! | POST | `/v1/telemetry` | a filter report (protobuf, bearer token) |
+//! | GET | `/v1/telemetry` | totals received |
+//!
+//! Served over HTTP/1.1 and HTTP/2 (Envoy's telemetry cluster speaks HTTP/2).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::state::{ApiError, ControlPlane};
+
+/// Largest request body accepted (a telemetry report of 32 clusters is a few KB).
+const MAX_BODY: usize = 1 << 20;
+
+/// Serves the admin API on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, cp: Arc<ControlPlane>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("admin accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let cp = Arc::clone(&cp);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let cp = Arc::clone(&cp);
+                async move { Ok::<_, Infallible>(handle(cp, req).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string() + "\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(e: ApiError) -> Response<Full<Bytes>> {
+    let status = match e {
+        ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+        ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        ApiError::Conflict(_) => StatusCode::CONFLICT,
+    };
+    reply(status, json!({"error": e.to_string()}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightsBody {
+    weights: BTreeMap<String, u32>,
+    #[serde(default)]
+    canary: BTreeSet<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReloadBody {
+    #[serde(default)]
+    canary: BTreeSet<String>,
+}
+
+async fn body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))
+}
+
+fn json_body<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("body: {e}")))
+}
+
+async fn handle(cp: Arc<ControlPlane>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let result: Result<Response<Full<Bytes>>, ApiError> =
+        match (req.method().clone(), segments.as_slice()) {
+            (Method::GET, ["healthz"]) => Ok(Response::new(Full::new(Bytes::from_static(b"ok\n")))),
+            (Method::GET, ["v1", "status"]) => Ok(reply(StatusCode::OK, cp.status())),
+            (Method::GET, ["v1", "services"]) => Ok(reply(StatusCode::OK, cp.services())),
+            (Method::PUT, ["v1", "services", name, "weights"]) => {
+                let name = name.to_string();
+                match body(req).await.and_then(|b| json_body::<WeightsBody>(&b)) {
+                    Ok(b) => cp
+                        .set_weights(&name, &b.weights, b.canary)
+                        .map(|v| reply(StatusCode::OK, json!({"version": v}))),
+                    Err(e) => Err(e),
+                }
+            }
+            (Method::POST, ["v1", "reload"]) => match body(req).await {
+                Ok(b) => {
+                    let parsed = if b.is_empty() {
+                        Ok(ReloadBody::default())
+                    } else {
+                        json_body::<ReloadBody>(&b)
+                    };
+                    parsed
+                        .and_then(|r| cp.reload(r.canary))
+                        .map(|v| reply(StatusCode::OK, json!({"version": v})))
+                }
+                Err(e) => Err(e),
+            },
+            (Method::GET, ["v1", "events"]) => {
+                let since = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("since="))
+                    .map(|v| {
+                        v.parse::<u64>().map_err(|_| {
+                            ApiError::BadRequest(format!("since: \"{v}\" is not a number"))
+                        })
+                    })
+                    .transpose();
+                since.map(|s| reply(StatusCode::OK, cp.events(s.unwrap_or(0))))
+            }
+            (Method::GET, ["v1", "snapshot"]) => {
+                Ok(Response::new(Full::new(Bytes::from(cp.render_snapshot()))))
+            }
+            (Method::POST, ["v1", "telemetry"]) => {
+                let auth = req
+                    .headers()
+                    .get(hyper::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                match body(req).await {
+                    Ok(b) => cp
+                        .ingest(auth.as_deref(), &b)
+                        .map(|()| reply(StatusCode::OK, json!({"accepted": true}))),
+                    Err(e) => Err(e),
+                }
+            }
+            (Method::GET, ["v1", "telemetry"]) => Ok(reply(StatusCode::OK, cp.telemetry())),
+            (_, _) => Err(ApiError::NotFound(format!("no route for {path}"))),
+        };
+    result.unwrap_or_else(error)
+}

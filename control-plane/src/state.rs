@@ -1,0 +1,450 @@
+//! The control plane's state: the checked configuration, the weights operators set, the
+//! snapshots pushed through the xDS cache, and the logs the admin API shows.
+//!
+//! Every change (weights, reload) builds one new snapshot; the cache refuses inconsistent ones
+//! before anything is sent. When a proxy NACKs, the cache rolls its group back to the last
+//! snapshot it ACKed, and this state follows it back, so the next change starts from what
+//! Envoy actually runs.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use shadowplane_wire::Report;
+use shadowplane_xds::{Event, SnapshotCache, SyncState};
+
+use crate::config::{self, Config, Role, Weights};
+use crate::resources;
+
+/// How many past snapshots are remembered to follow a rollback.
+const HISTORY: usize = 32;
+/// How many events the admin API keeps.
+const EVENT_LOG: usize = 1024;
+
+/// What went wrong with an admin request; the HTTP layer maps it to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request itself is wrong (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such service (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The token is missing or wrong (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The snapshot or canary was refused (409).
+    #[error("{0}")]
+    Conflict(String),
+}
+
+#[derive(Clone)]
+struct Desired {
+    config: Config,
+    weights: BTreeMap<String, Weights>,
+}
+
+struct Inner {
+    config_path: PathBuf,
+    current: Desired,
+    version: String,
+    generation: u64,
+    history: VecDeque<(String, Desired)>,
+}
+
+struct LoggedEvent {
+    seq: u64,
+    at_ms: u64,
+    event: Value,
+}
+
+#[derive(Default)]
+struct Telemetry {
+    seen: HashSet<(String, String, u64)>,
+    order: VecDeque<(String, String, u64)>,
+    reports: u64,
+    duplicates: u64,
+    clusters: BTreeMap<String, (u64, u64)>,
+}
+
+/// The shared state behind the admin API and the xDS cache.
+pub struct ControlPlane {
+    cache: SnapshotCache,
+    inner: Mutex<Inner>,
+    events: Mutex<(u64, VecDeque<LoggedEvent>)>,
+    telemetry: Mutex<Telemetry>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks is a bug; keep serving with the data as left.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl ControlPlane {
+    /// Builds the first snapshot from `config` and installs it in `cache`.
+    pub fn new(
+        cache: SnapshotCache,
+        config_path: PathBuf,
+        config: Config,
+    ) -> anyhow::Result<Arc<Self>> {
+        let desired = Desired {
+            weights: config
+                .services
+                .iter()
+                .map(|s| (s.name.clone(), s.weights.clone()))
+                .collect(),
+            config,
+        };
+        let version = "1".to_string();
+        let snap = resources::snapshot(&desired.config, &desired.weights, &version)?;
+        cache.set_snapshot(&desired.config.node_cluster, snap)?;
+        let cp = Arc::new(ControlPlane {
+            cache,
+            inner: Mutex::new(Inner {
+                config_path,
+                current: desired.clone(),
+                version: version.clone(),
+                generation: 1,
+                history: VecDeque::from([(version, desired)]),
+            }),
+            events: Mutex::new((0, VecDeque::new())),
+            telemetry: Mutex::new(Telemetry::default()),
+        });
+        Ok(cp)
+    }
+
+    /// Follows the cache's events: logs them and follows rollbacks. Runs until the cache is
+    /// dropped.
+    pub async fn follow_events(self: Arc<Self>) {
+        let mut rx = self.cache.events();
+        loop {
+            match rx.recv().await {
+                Ok(ev) => self.on_event(ev),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    self.log(json!({"event": "lagged", "missed": n}));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    fn on_event(&self, ev: Event) {
+        let v = match &ev {
+            Event::Connected { group, node } => {
+                json!({"event": "connected", "group": group, "node": node})
+            }
+            Event::Disconnected { group, node } => {
+                json!({"event": "disconnected", "group": group, "node": node})
+            }
+            Event::Acked {
+                group,
+                node,
+                type_url,
+                version,
+            } => {
+                json!({"event": "acked", "group": group, "node": node, "type_url": type_url, "version": version})
+            }
+            Event::Nacked {
+                group,
+                node,
+                type_url,
+                version,
+                error,
+            } => {
+                json!({"event": "nacked", "group": group, "node": node, "type_url": type_url, "version": version, "error": error})
+            }
+            Event::RolledBack {
+                group,
+                from_version,
+                to_version,
+            } => {
+                json!({"event": "rolled_back", "group": group, "from_version": from_version, "to_version": to_version})
+            }
+            Event::CanaryPromoted { group, version } => {
+                json!({"event": "canary_promoted", "group": group, "version": version})
+            }
+            Event::Synced { group, version } => {
+                json!({"event": "synced", "group": group, "version": version})
+            }
+        };
+        if let Event::Nacked { .. } | Event::RolledBack { .. } = &ev {
+            tracing::warn!(event = %v, "xds");
+        } else {
+            tracing::debug!(event = %v, "xds");
+        }
+        self.log(v);
+        if let Event::RolledBack {
+            group, to_version, ..
+        } = ev
+        {
+            let mut inner = lock(&self.inner);
+            if group != inner.current.config.node_cluster {
+                return;
+            }
+            if let Some((_, d)) = inner.history.iter().find(|(v, _)| *v == to_version) {
+                let d = d.clone();
+                inner.current = d;
+                inner.version = to_version;
+            }
+        }
+    }
+
+    fn log(&self, event: Value) {
+        let mut log = lock(&self.events);
+        log.0 += 1;
+        let seq = log.0;
+        log.1.push_back(LoggedEvent {
+            seq,
+            at_ms: now_ms(),
+            event,
+        });
+        while log.1.len() > EVENT_LOG {
+            log.1.pop_front();
+        }
+    }
+
+    /// Events after `since` (a sequence number from an earlier answer).
+    pub fn events(&self, since: u64) -> Value {
+        let log = lock(&self.events);
+        let events: Vec<Value> = log
+            .1
+            .iter()
+            .filter(|e| e.seq > since)
+            .map(|e| {
+                let mut v = e.event.clone();
+                v["seq"] = json!(e.seq);
+                v["at_ms"] = json!(e.at_ms);
+                v
+            })
+            .collect();
+        json!({"last_seq": log.0, "events": events})
+    }
+
+    /// Sets a service's weights (percent per role, summing to 100) and pushes them, to the
+    /// `canary` nodes first when it is not empty. Returns the new snapshot version.
+    pub fn set_weights(
+        &self,
+        service: &str,
+        raw: &BTreeMap<String, u32>,
+        canary: BTreeSet<String>,
+    ) -> Result<String, ApiError> {
+        let mut inner = lock(&self.inner);
+        let svc = inner
+            .current
+            .config
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .ok_or_else(|| ApiError::NotFound(format!("no service named \"{service}\"")))?;
+        let mut by_role = BTreeMap::new();
+        for (k, w) in raw {
+            let role = Role::parse(k).ok_or_else(|| {
+                ApiError::BadRequest(format!("\"{k}\" is not a role (primary, shadow, standby)"))
+            })?;
+            by_role.insert(role, *w);
+        }
+        let roles: BTreeSet<Role> = svc.groups.iter().map(|g| g.role).collect();
+        let weights = Weights::check(&by_role, &roles)
+            .map_err(|m| ApiError::BadRequest(format!("weights: {m}")))?;
+        let mut next = inner.current.clone();
+        next.weights.insert(service.to_string(), weights);
+        Self::push(&self.cache, &mut inner, next, canary)
+    }
+
+    /// Re-reads the configuration file and pushes it (to the `canary` nodes first when not
+    /// empty). Weights set by hand are kept for services whose roles did not change.
+    pub fn reload(&self, canary: BTreeSet<String>) -> Result<String, ApiError> {
+        let mut inner = lock(&self.inner);
+        let config =
+            config::load(&inner.config_path).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        if config.node_cluster != inner.current.config.node_cluster
+            || config.xds_address != inner.current.config.xds_address
+            || config.admin_address != inner.current.config.admin_address
+        {
+            return Err(ApiError::BadRequest(
+                "node_cluster, xds and admin cannot change on reload; restart instead".into(),
+            ));
+        }
+        let mut weights = BTreeMap::new();
+        for s in &config.services {
+            let kept = inner.current.weights.get(&s.name).filter(|w| {
+                let old: BTreeSet<Role> = w.iter().map(|(r, _)| r).collect();
+                let new: BTreeSet<Role> = s.groups.iter().map(|g| g.role).collect();
+                old == new
+            });
+            weights.insert(
+                s.name.clone(),
+                kept.cloned().unwrap_or_else(|| s.weights.clone()),
+            );
+        }
+        Self::push(&self.cache, &mut inner, Desired { config, weights }, canary)
+    }
+
+    fn push(
+        cache: &SnapshotCache,
+        inner: &mut Inner,
+        next: Desired,
+        canary: BTreeSet<String>,
+    ) -> Result<String, ApiError> {
+        let version = (inner.generation + 1).to_string();
+        let snap = resources::snapshot(&next.config, &next.weights, &version)
+            .map_err(|e| ApiError::Conflict(format!("snapshot refused: {e}")))?;
+        let group = next.config.node_cluster.clone();
+        if canary.is_empty() {
+            cache.set_snapshot(&group, snap)
+        } else {
+            cache.set_snapshot_canary(&group, snap, canary)
+        }
+        .map_err(|e| ApiError::Conflict(e.to_string()))?;
+        inner.generation += 1;
+        inner.version = version.clone();
+        inner.current = next.clone();
+        inner.history.push_back((version.clone(), next));
+        while inner.history.len() > HISTORY {
+            inner.history.pop_front();
+        }
+        Ok(version)
+    }
+
+    /// The services with their groups and current weights.
+    pub fn services(&self) -> Value {
+        let inner = lock(&self.inner);
+        let services: Vec<Value> = inner
+            .current
+            .config
+            .services
+            .iter()
+            .map(|s| {
+                let w = inner.current.weights.get(&s.name).unwrap_or(&s.weights);
+                json!({
+                    "name": s.name,
+                    "listener": s.listener,
+                    "groups": s.groups.iter().map(|g| json!({
+                        "name": g.name,
+                        "role": g.role,
+                        "weight": w.get(g.role),
+                        "endpoints": g.endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({"version": inner.version, "services": services})
+    }
+
+    /// Per-node sync status of every node group.
+    pub fn status(&self) -> Value {
+        let version = lock(&self.inner).version.clone();
+        let groups: Vec<Value> = self
+            .cache
+            .status()
+            .into_iter()
+            .map(|g| {
+                json!({
+                    "group": g.group,
+                    "version": g.version,
+                    "canary": g.canary.map(|c| format!("{c:?}")),
+                    "nodes": g.nodes.into_iter().map(|n| json!({
+                        "node": n.node_id,
+                        "state": match n.state {
+                            SyncState::Synced => "SYNCED",
+                            SyncState::Stale => "STALE",
+                            SyncState::Nacked => "NACKED",
+                        },
+                        "connected": n.connected,
+                        "target_version": n.target_version,
+                        "error": n.last_nack.as_ref().map(|k| k.error.clone()),
+                        "last_nack": n.last_nack.map(|k| json!({
+                            "type_url": k.type_url, "version": k.version, "error": k.error, "at_ms": ms(k.at),
+                        })),
+                        "last_ack_at_ms": n.last_ack_at.map(ms),
+                        "last_sent_at_ms": n.last_sent_at.map(ms),
+                        "types": n.types.into_iter().map(|t| json!({
+                            "type_url": t.type_url,
+                            "last_sent_version": t.last_sent_version,
+                            "last_sent_nonce": t.last_sent_nonce,
+                            "last_acked_version": t.last_acked_version,
+                        })).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({"version": version, "groups": groups})
+    }
+
+    /// The current snapshot, rendered for people.
+    pub fn render_snapshot(&self) -> String {
+        let group = lock(&self.inner).current.config.node_cluster.clone();
+        match self.cache.snapshot(&group) {
+            Some(s) => resources::render(&s),
+            None => String::new(),
+        }
+    }
+
+    /// Takes one telemetry report from a filter: checks the token, decodes and validates it,
+    /// and counts it once however often the filter resends it.
+    pub fn ingest(&self, authorization: Option<&str>, body: &[u8]) -> Result<(), ApiError> {
+        let token = lock(&self.inner)
+            .current
+            .config
+            .filter
+            .as_ref()
+            .and_then(|f| f.auth_token.clone());
+        if let Some(t) = token {
+            let want = format!("Bearer {t}");
+            if authorization != Some(want.as_str()) {
+                return Err(ApiError::Unauthorized(
+                    "missing or wrong bearer token".into(),
+                ));
+            }
+        }
+        let report = Report::decode(body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let mut t = lock(&self.telemetry);
+        let key = (
+            report.node_id.clone(),
+            report.worker.clone(),
+            report.sequence,
+        );
+        if !t.seen.insert(key.clone()) {
+            t.duplicates += 1;
+            return Ok(());
+        }
+        t.order.push_back(key);
+        while t.order.len() > 65_536 {
+            if let Some(old) = t.order.pop_front() {
+                t.seen.remove(&old);
+            }
+        }
+        t.reports += 1;
+        for stats in &report.clusters {
+            let e = t.clusters.entry(stats.cluster.clone()).or_default();
+            e.0 += stats.requests;
+            e.1 += stats.responses_5xx + stats.no_response;
+        }
+        Ok(())
+    }
+
+    /// Totals of the telemetry received since start.
+    pub fn telemetry(&self) -> Value {
+        let t = lock(&self.telemetry);
+        json!({
+            "reports": t.reports,
+            "duplicates": t.duplicates,
+            "clusters": t.clusters.iter().map(|(k, (rq, err))| (k.clone(), json!({"requests": rq, "errors": err}))).collect::<serde_json::Map<_, _>>(),
+        })
+    }
+}

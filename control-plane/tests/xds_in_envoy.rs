@@ -1,0 +1,583 @@
+//! `shadowplane serve` driving real Envoys (`--concurrency 2`) over ADS from the shipped
+//! bootstrap: weights in traffic and in config_dump, control plane restarts, NACK rollback,
+//! and config canaries.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener as StdListener;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use shadowplane_e2e::control_plane::{BackgroundLoad, ControlPlane, ads_bootstrap};
+use shadowplane_e2e::filter_stack::filter_wasm;
+use shadowplane_e2e::{Client, Envoy, EnvoyOpts, Upstream};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shadowplane");
+const SERVICE: &str = "checkout";
+const PRIMARY: &str = "checkout-blue";
+const SHADOW: &str = "checkout-green";
+
+fn config(xds: u16, admin: u16, primary: u16, shadow: u16, extra_listener: Option<u16>) -> String {
+    let wasm = filter_wasm();
+    let extra = extra_listener
+        .map(|p| format!("  - name: extra\n    address: 127.0.0.1:{p}\n"))
+        .unwrap_or_default();
+    format!(
+        "\
+xds: {{address: 127.0.0.1:{xds}}}
+admin: {{address: 127.0.0.1:{admin}}}
+filter:
+  wasm: {wasm}
+  routing: random
+  report_interval_ms: 500
+  auth_token: test-token
+listeners:
+  - name: ingress
+    address: 127.0.0.1:0
+{extra}services:
+  - name: {SERVICE}
+    listener: ingress
+    groups:
+      - name: {PRIMARY}
+        role: primary
+        endpoints: [127.0.0.1:{primary}]
+      - name: {SHADOW}
+        role: shadow
+        endpoints: [127.0.0.1:{shadow}]
+    weights: {{primary: 100, shadow: 0}}
+",
+        wasm = wasm.display()
+    )
+}
+
+struct Stack {
+    cp: ControlPlane,
+    envoys: Vec<(String, Envoy)>,
+    primary: Upstream,
+    shadow: Upstream,
+}
+
+impl Stack {
+    async fn start(nodes: &[&str], api_type: &str) -> Stack {
+        let primary = Upstream::start(PRIMARY).await;
+        let shadow = Upstream::start(SHADOW).await;
+        let (pp, sp) = (primary.port(), shadow.port());
+        let cp = ControlPlane::start(Path::new(BIN), |x, a| config(x, a, pp, sp, None))
+            .await
+            .unwrap();
+        let mut envoys = Vec::new();
+        for n in nodes {
+            let envoy = Envoy::start(
+                &ads_bootstrap(n, cp.xds_port, api_type),
+                EnvoyOpts::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{n}: {e:#}\n{}", cp.log()));
+            envoys.push((n.to_string(), envoy));
+        }
+        Stack {
+            cp,
+            envoys,
+            primary,
+            shadow,
+        }
+    }
+
+    fn envoy(&self, node: &str) -> &Envoy {
+        &self.envoys.iter().find(|(n, _)| n == node).unwrap().1
+    }
+
+    async fn urls(&self, path: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for (_, e) in &self.envoys {
+            out.push(e.listener_url("ingress", path).await);
+        }
+        out
+    }
+}
+
+/// The weights of the service's `weighted_clusters` route in Envoy's config_dump.
+fn route_weights(dump: &Value) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for c in dump["configs"].as_array().into_iter().flatten() {
+        for rc in c["dynamic_route_configs"].as_array().into_iter().flatten() {
+            for vh in rc["route_config"]["virtual_hosts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                for r in vh["routes"].as_array().into_iter().flatten() {
+                    for cw in r["route"]["weighted_clusters"]["clusters"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                    {
+                        out.insert(
+                            cw["name"].as_str().unwrap_or("").to_string(),
+                            cw["weight"].as_u64().unwrap_or(0),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The group weights of the filter's ECDS configuration in Envoy's config_dump.
+fn filter_weights(dump: &Value) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for c in dump["configs"].as_array().into_iter().flatten() {
+        for f in c["ecds_filters"].as_array().into_iter().flatten() {
+            let json = f["ecds_filter"]["typed_config"]["config"]["configuration"]["value"]
+                .as_str()
+                .unwrap_or("{}");
+            let cfg: Value = serde_json::from_str(json).unwrap_or_default();
+            for g in cfg["groups"].as_array().into_iter().flatten() {
+                out.insert(
+                    g["name"].as_str().unwrap_or("").to_string(),
+                    g["weight"].as_u64().unwrap_or(0),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn active_listeners(dump: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in dump["configs"].as_array().into_iter().flatten() {
+        for l in c["dynamic_listeners"].as_array().into_iter().flatten() {
+            if !l["active_state"].is_null() {
+                out.push(l["name"].as_str().unwrap_or("").to_string());
+            }
+        }
+    }
+    out
+}
+
+fn expected(p: u64, s: u64) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    let all = BTreeMap::from([(PRIMARY.to_string(), p), (SHADOW.to_string(), s)]);
+    // The route leaves out groups with no weight (Envoy's weighted_clusters needs weight > 0).
+    let route = all
+        .iter()
+        .filter(|(_, w)| **w > 0)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    (route, all)
+}
+
+/// Polls every Envoy's config_dump until both the route and the filter carry `p`/`s`;
+/// returns how long it took.
+async fn wait_applied(stack: &Stack, p: u64, s: u64, timeout: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let (route, filter) = expected(p, s);
+    loop {
+        let mut all = true;
+        for (_, e) in &stack.envoys {
+            let dump = e.config_dump().await;
+            if route_weights(&dump) != route || filter_weights(&dump) != filter {
+                all = false;
+            }
+        }
+        if all {
+            return Some(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends `n` requests spread over the Envoys; returns the shadow's share.
+async fn shadow_share(stack: &Stack, n: usize) -> f64 {
+    let urls = stack.urls("/measure").await;
+    let client = Client::new();
+    let res = client
+        .run(n, 16, move |i| (urls[i % urls.len()].clone(), vec![]))
+        .await;
+    assert_eq!(res.count(200), n as u64, "{:?}", res.first_error);
+    res.served_by(SHADOW) as f64 / n as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_from_the_bootstrap_alone_and_weights_show_in_traffic_and_config_dump() {
+    let stack = Stack::start(&["envoy-a", "envoy-b"], "GRPC").await;
+    // From the bootstrap alone: everything to the primary.
+    assert!(
+        stack
+            .cp
+            .wait_synced(&["envoy-a", "envoy-b"], "1", Duration::from_secs(10))
+            .await
+    );
+    assert_eq!(shadow_share(&stack, 400).await, 0.0);
+    assert_eq!(stack.shadow.received(), 0);
+    assert!(stack.primary.received() >= 400);
+
+    let background = BackgroundLoad::start(
+        &stack.urls("/background").await,
+        2,
+        Duration::from_secs(120),
+    );
+    // 4000 requests per weight set: at 50/50 the share's standard deviation is 0.8 points.
+    for (p, s) in [(100, 0), (90, 10), (50, 50), (0, 100)] {
+        let version = stack
+            .cp
+            .set_weights(SERVICE, &[("primary", p), ("shadow", s)], &[])
+            .await
+            .unwrap();
+        let took = wait_applied(&stack, u64::from(p), u64::from(s), Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| {
+                panic!("weights {p}/{s} (version {version}) not in config_dump after 5 s")
+            });
+        assert!(
+            took <= Duration::from_secs(1),
+            "weights {p}/{s} took {took:?} to reach config_dump"
+        );
+        let share = shadow_share(&stack, 4000).await;
+        assert!(
+            (share - s as f64 / 100.0).abs() <= 0.03,
+            "weights {p}/{s}: shadow share {share}"
+        );
+        assert!(
+            stack
+                .cp
+                .wait_synced(&["envoy-a", "envoy-b"], &version, Duration::from_secs(5))
+                .await
+        );
+    }
+    let bg = background.stop().await;
+    assert!(bg.sent > 100, "background load too small: {bg:?}");
+    assert_eq!(
+        bg.failed, 0,
+        "requests failed during weight changes: {bg:?}"
+    );
+
+    // The CLI sets weights through the same API.
+    let out = std::process::Command::new(BIN)
+        .args([
+            "weights",
+            "set",
+            SERVICE,
+            "primary=70",
+            "shadow=30",
+            "--admin",
+        ])
+        .arg(stack.cp.url(""))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_applied(&stack, 70, 30, Duration::from_secs(5))
+            .await
+            .is_some()
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--admin"])
+        .arg(stack.cp.url(""))
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("envoy-a") && table.contains("envoy-b"),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_ads_serves_and_follows_weights() {
+    let stack = Stack::start(&["envoy-delta"], "DELTA_GRPC").await;
+    assert!(
+        stack
+            .cp
+            .wait_synced(&["envoy-delta"], "1", Duration::from_secs(10))
+            .await
+    );
+    assert_eq!(shadow_share(&stack, 200).await, 0.0);
+    let background =
+        BackgroundLoad::start(&stack.urls("/background").await, 2, Duration::from_secs(60));
+    stack
+        .cp
+        .set_weights(SERVICE, &[("primary", 50), ("shadow", 50)], &[])
+        .await
+        .unwrap();
+    let took = wait_applied(&stack, 50, 50, Duration::from_secs(5))
+        .await
+        .expect("not applied");
+    assert!(took <= Duration::from_secs(1), "{took:?}");
+    let share = shadow_share(&stack, 4000).await;
+    assert!((share - 0.5).abs() <= 0.03, "{share}");
+    let bg = background.stop().await;
+    assert_eq!(bg.failed, 0, "{bg:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoys_keep_serving_without_the_control_plane_and_resync_when_it_returns() {
+    let mut stack = Stack::start(&["envoy-a", "envoy-b"], "GRPC").await;
+    assert!(
+        stack
+            .cp
+            .wait_synced(&["envoy-a", "envoy-b"], "1", Duration::from_secs(10))
+            .await
+    );
+    let v = stack
+        .cp
+        .set_weights(SERVICE, &[("primary", 90), ("shadow", 10)], &[])
+        .await
+        .unwrap();
+    assert!(
+        stack
+            .cp
+            .wait_synced(&["envoy-a", "envoy-b"], &v, Duration::from_secs(5))
+            .await
+    );
+
+    let background = BackgroundLoad::start(
+        &stack.urls("/background").await,
+        2,
+        Duration::from_secs(120),
+    );
+    stack.cp.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Last config kept: still 90/10.
+    let share = shadow_share(&stack, 2000).await;
+    assert!(
+        (share - 0.10).abs() <= 0.03,
+        "without the control plane: {share}"
+    );
+
+    stack.cp.restart().await.unwrap();
+    // A fresh control plane starts from its file (100/0) and every Envoy resyncs to it.
+    assert!(
+        stack
+            .cp
+            .wait_synced(&["envoy-a", "envoy-b"], "1", Duration::from_secs(30))
+            .await,
+        "{}",
+        stack.cp.status().await.unwrap()
+    );
+    assert!(
+        wait_applied(&stack, 100, 0, Duration::from_secs(5))
+            .await
+            .is_some()
+    );
+    stack
+        .cp
+        .set_weights(SERVICE, &[("primary", 50), ("shadow", 50)], &[])
+        .await
+        .unwrap();
+    assert!(
+        wait_applied(&stack, 50, 50, Duration::from_secs(5))
+            .await
+            .is_some()
+    );
+    let bg = background.stop().await;
+    assert!(bg.sent > 100, "{bg:?}");
+    assert_eq!(bg.failed, 0, "requests failed across the restart: {bg:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nacked_resource_rolls_the_group_back_and_traffic_is_unaffected() {
+    let stack = Stack::start(&["envoy-a"], "GRPC").await;
+    assert!(
+        stack
+            .cp
+            .wait_synced(&["envoy-a"], "1", Duration::from_secs(10))
+            .await
+    );
+    let good = stack
+        .cp
+        .set_weights(SERVICE, &[("primary", 80), ("shadow", 20)], &[])
+        .await
+        .unwrap();
+    assert!(
+        stack
+            .cp
+            .wait_synced(&["envoy-a"], &good, Duration::from_secs(5))
+            .await
+    );
+
+    // A listener on a port something else holds: valid to the control plane, which cannot know,
+    // rejected by Envoy when it tries to bind.
+    let squatter = StdListener::bind("127.0.0.1:0").unwrap();
+    let busy = squatter.local_addr().unwrap().port();
+    let (pp, sp) = (stack.primary.port(), stack.shadow.port());
+    std::fs::write(
+        stack.cp.config_path(),
+        config(stack.cp.xds_port, stack.cp.admin_port, pp, sp, Some(busy)),
+    )
+    .unwrap();
+    let background =
+        BackgroundLoad::start(&stack.urls("/background").await, 2, Duration::from_secs(60));
+    let (status, answer) = stack.cp.reload(&[]).await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let bad = answer["version"].as_str().unwrap().to_string();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let node = loop {
+        let n = stack.cp.node("envoy-a").await.unwrap();
+        if n["state"] == "NACKED" && n["target_version"] == good.as_str() {
+            break n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no NACK and rollback: {n}\n{}",
+            stack.cp.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = node["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains(&busy.to_string()),
+        "error should name the port: {node}"
+    );
+    let events = stack.cp.events(0).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "nacked" && e["version"] == bad.as_str()),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "rolled_back" && e["to_version"] == good.as_str()),
+        "{events:?}"
+    );
+    // Envoy is on the last ACKed snapshot: no extra listener, 80/20 still.
+    let dump = stack.envoy("envoy-a").config_dump().await;
+    assert_eq!(active_listeners(&dump), vec!["ingress".to_string()]);
+    assert!(
+        wait_applied(&stack, 80, 20, Duration::from_secs(2))
+            .await
+            .is_some()
+    );
+    let share = shadow_share(&stack, 2000).await;
+    assert!((share - 0.20).abs() <= 0.03, "{share}");
+    let bg = background.stop().await;
+    assert_eq!(bg.failed, 0, "{bg:?}");
+    drop(squatter);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_node_gets_the_snapshot_first_and_its_nack_keeps_the_others_on_the_old_one() {
+    let stack = Stack::start(&["envoy-canary", "envoy-rest"], "GRPC").await;
+    let both = ["envoy-canary", "envoy-rest"];
+    assert!(
+        stack
+            .cp
+            .wait_synced(&both, "1", Duration::from_secs(10))
+            .await
+    );
+    let since = stack
+        .cp
+        .events(0)
+        .await
+        .unwrap()
+        .last()
+        .map_or(0, |e| e["seq"].as_u64().unwrap());
+
+    // A good snapshot: canary first, then the rest.
+    let v = stack
+        .cp
+        .set_weights(
+            SERVICE,
+            &[("primary", 60), ("shadow", 40)],
+            &["envoy-canary"],
+        )
+        .await
+        .unwrap();
+    assert!(
+        stack
+            .cp
+            .wait_synced(&both, &v, Duration::from_secs(10))
+            .await
+    );
+    assert!(
+        wait_applied(&stack, 60, 40, Duration::from_secs(2))
+            .await
+            .is_some()
+    );
+    let events = stack.cp.events(since).await.unwrap();
+    let seq = |pred: &dyn Fn(&Value) -> bool| -> Vec<u64> {
+        events
+            .iter()
+            .filter(|e| pred(e))
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect()
+    };
+    let canary_acks = seq(&|e| {
+        e["event"] == "acked" && e["node"] == "envoy-canary" && e["version"] == v.as_str()
+    });
+    let rest_acks =
+        seq(&|e| e["event"] == "acked" && e["node"] == "envoy-rest" && e["version"] == v.as_str());
+    let promoted = seq(&|e| e["event"] == "canary_promoted" && e["version"] == v.as_str());
+    assert!(
+        !canary_acks.is_empty() && !rest_acks.is_empty() && promoted.len() == 1,
+        "{events:#?}"
+    );
+    assert!(
+        canary_acks.iter().max() < promoted.first() && promoted.first() < rest_acks.iter().min(),
+        "order: canary acks {canary_acks:?}, promoted {promoted:?}, rest acks {rest_acks:?}"
+    );
+
+    // A bad snapshot to the canary: its NACK keeps the rest on the old one.
+    let squatter = StdListener::bind("127.0.0.1:0").unwrap();
+    let busy = squatter.local_addr().unwrap().port();
+    let (pp, sp) = (stack.primary.port(), stack.shadow.port());
+    std::fs::write(
+        stack.cp.config_path(),
+        config(stack.cp.xds_port, stack.cp.admin_port, pp, sp, Some(busy)),
+    )
+    .unwrap();
+    let since = stack
+        .cp
+        .events(0)
+        .await
+        .unwrap()
+        .last()
+        .map_or(0, |e| e["seq"].as_u64().unwrap());
+    let (status, answer) = stack.cp.reload(&["envoy-canary"]).await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let bad = answer["version"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = stack.cp.node("envoy-canary").await.unwrap();
+        if n["state"] == "NACKED" && n["target_version"] == v.as_str() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "canary did not NACK and roll back: {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Give a wrong promotion time to happen, then check the rest never saw the bad version.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rest = stack.cp.node("envoy-rest").await.unwrap();
+    assert_eq!(rest["state"], "SYNCED", "{rest}");
+    assert_eq!(rest["target_version"], v.as_str(), "{rest}");
+    for t in rest["types"].as_array().unwrap() {
+        assert_ne!(t["last_sent_version"], bad.as_str(), "{rest}");
+    }
+    let events = stack.cp.events(since).await.unwrap();
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["node"] == "envoy-rest" && e["version"] == bad.as_str()),
+        "{events:#?}"
+    );
+    assert!(
+        !events.iter().any(|e| e["event"] == "canary_promoted"),
+        "{events:#?}"
+    );
+    let dump = stack.envoy("envoy-rest").config_dump().await;
+    assert_eq!(active_listeners(&dump), vec!["ingress".to_string()]);
+    drop(squatter);
+}
