@@ -31,7 +31,7 @@ enum Task {
     },
     /// Run a benchmark; figures go to target/bench/
     Bench {
-        /// Which benchmark, e.g. filter-overhead
+        /// Which benchmark: filter-overhead or xds-fanout
         name: String,
     },
     /// Run the end-to-end demo (not implemented yet)

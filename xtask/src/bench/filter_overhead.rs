@@ -764,7 +764,7 @@ fn parse_children_ticks(stat: &str) -> Option<u64> {
 }
 
 /// (user + nice + system, steal) from the `cpu` line of `/proc/stat`, in ticks.
-fn machine_ticks() -> Result<(u64, u64)> {
+pub(super) fn machine_ticks() -> Result<(u64, u64)> {
     let text = fs::read_to_string("/proc/stat").context("could not read /proc/stat")?;
     parse_machine_ticks(&text).with_context(|| "/proc/stat has no usable `cpu` line".to_owned())
 }
@@ -946,7 +946,7 @@ fn first_line(text: &str) -> String {
 
 /// The 1, 5 and 15 minute load averages: the machine is shared, so the report says how busy
 /// it was.
-fn loadavg() -> String {
+pub(super) fn loadavg() -> String {
     fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
