@@ -67,6 +67,10 @@ fn property(path: &[&str]) -> Option<Vec<u8>> {
     hostcalls::get_property(path.to_vec()).ok().flatten()
 }
 
+/// The response header the route stamps with `%UPSTREAM_CLUSTER%` (see
+/// envoy-config/filter-static/routes.yaml); read and removed in `on_http_response_headers`.
+const UPSTREAM_HEADER: &str = "x-shadowplane-upstream";
+
 fn property_string(path: &[&str]) -> Option<String> {
     property(path).and_then(|b| String::from_utf8(b).ok())
 }
@@ -392,6 +396,8 @@ impl RootContext for Root {
         Some(Box::new(Stream {
             config,
             start_ns: None,
+            status: None,
+            cluster: None,
             request_bytes: 0,
             response_bytes: 0,
         }))
@@ -405,6 +411,10 @@ impl RootContext for Root {
 struct Stream {
     config: Rc<(ValidConfig, Router)>,
     start_ns: Option<u64>,
+    /// `:status` of the response headers Envoy sent downstream (upstream's or a local reply).
+    status: Option<u32>,
+    /// The cluster Envoy routed to, as the route stamped it on the response.
+    cluster: Option<String>,
     /// Body bytes, summed from the body callbacks' sizes: counting them there costs no
     /// hostcall, where the `request.total_size` attributes would cost two per request.
     request_bytes: u64,
@@ -455,6 +465,30 @@ impl HttpContext for Stream {
         Action::Continue
     }
 
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        self.status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse::<u32>().ok())
+            .filter(|c| *c > 0);
+        // The route stamps the cluster it used on the response (`%UPSTREAM_CLUSTER%`): two
+        // header-map lookups and a removal cost Envoy less than the `response.code` and
+        // `xds.cluster_name` attributes, each an arena and an expression evaluation. Without
+        // the stamp (a route that does not set it), `on_log` falls back to the attribute.
+        let stamped = hostcalls::get_map_value(MapType::HttpResponseHeaders, UPSTREAM_HEADER)
+            .ok()
+            .flatten();
+        if let Some(c) = stamped {
+            // Clients never see it.
+            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, UPSTREAM_HEADER, None);
+            // Envoy writes "-" when no cluster was chosen.
+            if !c.is_empty() && c != "-" {
+                self.cluster = Some(c);
+            }
+        }
+        Action::Continue
+    }
+
     fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
         self.response_bytes += body_size as u64;
         Action::Continue
@@ -462,9 +496,7 @@ impl HttpContext for Stream {
 
     fn on_log(&mut self) {
         let now = now_ns();
-        let status = property_u64(&["response", "code"])
-            .and_then(|c| u32::try_from(c).ok())
-            .filter(|c| *c > 0);
+        let status = self.status;
         // The flags only tell resets and timeouts apart, and those end in a 5xx or no response:
         // skip the attribute (a hostcall and an allocation) for every ordinary response.
         let flags = match status {
@@ -472,7 +504,10 @@ impl HttpContext for Stream {
             _ => property_u64(&["response", "flags"]).unwrap_or(0),
         };
         let record = RequestRecord {
-            cluster: property_string(&["xds", "cluster_name"]),
+            cluster: self
+                .cluster
+                .take()
+                .or_else(|| property_string(&["xds", "cluster_name"])),
             status,
             flags,
             request_bytes: self.request_bytes,

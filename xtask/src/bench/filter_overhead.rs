@@ -104,6 +104,12 @@ const FILTER_CONFIG: &str = concat!(
     r#""telemetry":{"cluster":"telemetry","auth_token":"bench"}}"#
 );
 
+/// The route-level response header that tells the shadowplane filter which cluster served a
+/// request, as envoy-config/filter-static/routes.yaml and `shadowplane serve` set it.
+const ROUTE_STAMP: &str = r#"            response_headers_to_add:
+            - header: { key: x-shadowplane-upstream, value: "%UPSTREAM_CLUSTER%" }
+              append_action: OVERWRITE_IF_EXISTS_OR_ADD"#;
+
 /// The upstream: answers every request itself, with a small body.
 const UPSTREAM_BOOTSTRAP: &str = r#"
 node: { id: bench-upstream, cluster: bench }
@@ -139,6 +145,8 @@ static_resources:
 /// An Envoy under test. All four share it, routes included, so the filters are the only
 /// difference: the header route is what the shadowplane filter uses, the `weighted_clusters`
 /// fallback what the other three use (as the shipped bootstrap does when the filter is absent).
+/// Only the shadowplane configuration gets the route's `x-shadowplane-upstream` stamp
+/// ([`ROUTE_STAMP`]): it exists for the filter, so its cost is counted as the filter's.
 const BOOTSTRAP: &str = r#"
 node: { id: {{NODE_ID}}, cluster: bench }
 admin:
@@ -158,6 +166,7 @@ static_resources:
           codec_type: AUTO
           route_config:
             name: bench
+{{ROUTE_STAMP}}
             virtual_hosts:
             - name: service
               domains: ["*"]
@@ -271,6 +280,14 @@ impl Config {
                 "empty filter on the proxy-wasm Rust SDK: the runtime plus the SDK's dispatch"
             }
             Config::Shadowplane => "shadowplane filter (V8, routing and telemetry)",
+        }
+    }
+
+    /// Route configuration lines only this configuration has (the shadowplane filter's stamp).
+    fn route_stamp(self) -> &'static str {
+        match self {
+            Config::Shadowplane => ROUTE_STAMP,
+            _ => "",
         }
     }
 
@@ -454,6 +471,7 @@ async fn measure(oha: &Path, modules: &Modules) -> Result<(Measured, Verificatio
             &[
                 ("NODE_ID", format!("bench-{}", config.name())),
                 ("WASM_FILTER", filter),
+                ("ROUTE_STAMP", config.route_stamp().to_string()),
                 ("UPSTREAM_PORT", upstream_port.to_string()),
                 ("COLLECTOR_PORT", collector.port().to_string()),
             ],
