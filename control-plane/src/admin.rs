@@ -10,8 +10,9 @@
 //! | POST | `/v1/reload` | re-read the file; body optional: `{"canary": ["node"]}` |
 //! | GET | `/v1/events?since=N` | xDS events (ACK, NACK, rollback, canary promotion, sync) |
 //! | GET | `/v1/snapshot` | the resources served, rendered as text |
-//! | POST | `/v1/telemetry` | a filter report (protobuf, bearer token) |
-//! | GET | `/v1/telemetry` | totals received |
+//! | POST | `/v1/telemetry` | a filter report (protobuf, bearer token); 200 once committed |
+//! | GET | `/v1/telemetry` | counters (stored, duplicates, rejected by reason) and per-cluster totals |
+//! | GET | `/v1/telemetry/CLUSTER?since_ms=T` | the stored windows of one cluster |
 //!
 //! Served over HTTP/1.1 and HTTP/2 (Envoy's telemetry cluster speaks HTTP/2).
 
@@ -29,9 +30,10 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::state::{ApiError, ControlPlane};
+use crate::store::Ingested;
 
 /// Largest request body accepted (a telemetry report of 32 clusters is a few KB).
-const MAX_BODY: usize = 1 << 20;
+pub const MAX_BODY: usize = 1 << 20;
 
 /// Serves the admin API on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, cp: Arc<ControlPlane>) {
@@ -73,6 +75,9 @@ fn error(e: ApiError) -> Response<Full<Bytes>> {
         ApiError::NotFound(_) => StatusCode::NOT_FOUND,
         ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         ApiError::Conflict(_) => StatusCode::CONFLICT,
+        ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     reply(status, json!({"error": e.to_string()}))
 }
@@ -97,7 +102,15 @@ async fn body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
         .collect()
         .await
         .map(|c| c.to_bytes())
-        .map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                ApiError::TooLarge(format!("the body is over {MAX_BODY} bytes"))
+            } else {
+                ApiError::BadRequest(format!("cannot read the body: {e}"))
+            }
+        })
 }
 
 fn json_body<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -151,19 +164,42 @@ async fn handle(cp: Arc<ControlPlane>, req: Request<Incoming>) -> Response<Full<
                 Ok(Response::new(Full::new(Bytes::from(cp.render_snapshot()))))
             }
             (Method::POST, ["v1", "telemetry"]) => {
-                let auth = req
-                    .headers()
-                    .get(hyper::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
+                let header = |name: hyper::header::HeaderName| {
+                    req.headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                let auth = header(hyper::header::AUTHORIZATION);
+                let content_type = header(hyper::header::CONTENT_TYPE);
                 match body(req).await {
                     Ok(b) => cp
-                        .ingest(auth.as_deref(), &b)
-                        .map(|()| reply(StatusCode::OK, json!({"accepted": true}))),
-                    Err(e) => Err(e),
+                        .ingest(auth.as_deref(), content_type.as_deref(), &b)
+                        .map(|o| reply(StatusCode::OK, json!({"stored": o == Ingested::Stored}))),
+                    Err(e) => {
+                        if let ApiError::TooLarge(_) = e {
+                            cp.count("rejected_too_large");
+                        }
+                        Err(e)
+                    }
                 }
             }
-            (Method::GET, ["v1", "telemetry"]) => Ok(reply(StatusCode::OK, cp.telemetry())),
+            (Method::GET, ["v1", "telemetry"]) => cp.telemetry().map(|v| reply(StatusCode::OK, v)),
+            (Method::GET, ["v1", "telemetry", cluster]) => {
+                let since = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("since_ms="))
+                    .map(|v| {
+                        v.parse::<u64>().map_err(|_| {
+                            ApiError::BadRequest(format!("since_ms: \"{v}\" is not a number"))
+                        })
+                    })
+                    .transpose();
+                let cluster = cluster.to_string();
+                since
+                    .and_then(|s| cp.telemetry_windows(&cluster, s.unwrap_or(0)))
+                    .map(|v| reply(StatusCode::OK, v))
+            }
             (_, _) => Err(ApiError::NotFound(format!("no route for {path}"))),
         };
     result.unwrap_or_else(error)

@@ -39,6 +39,9 @@ pub struct FileConfig {
     /// `weighted_clusters` alone (no telemetry, no sticky sessions).
     #[serde(default)]
     pub filter: Option<FilterSection>,
+    /// Where telemetry is kept. Default: `shadowplane.redb` beside this file, 7 days.
+    #[serde(default)]
+    pub store: Option<StoreSection>,
     /// The listeners Envoy opens. Required, at least one.
     pub listeners: Vec<ListenerConfig>,
     /// The services, each on one listener, with their groups. Required, at least one.
@@ -75,6 +78,18 @@ pub struct FilterSection {
     /// Where Envoy reaches the telemetry endpoint. Default: the admin address.
     #[serde(default)]
     pub telemetry_address: Option<SocketAddr>,
+}
+
+/// The telemetry store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// The redb database file, relative to this file's folder. Default: `shadowplane.redb`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Hours of telemetry kept. Default: 168 (7 days).
+    #[serde(default)]
+    pub retention_hours: Option<u64>,
 }
 
 /// Where the sticky session key comes from: exactly one of the two.
@@ -185,6 +200,10 @@ pub struct Config {
     pub admin_address: SocketAddr,
     /// The filter, if loaded.
     pub filter: Option<Filter>,
+    /// The telemetry database file.
+    pub store_path: PathBuf,
+    /// How long telemetry is kept, in milliseconds.
+    pub retention_ms: u64,
     /// Listeners, in file order.
     pub listeners: Vec<Listener>,
     /// Services, in file order.
@@ -491,6 +510,24 @@ fn check(file: FileConfig, base: &Path) -> Result<Config, CheckError> {
         }
     };
 
+    let (store_path, retention_hours) = match file.store {
+        None => (None, None),
+        Some(s) => (s.path, s.retention_hours),
+    };
+    let store_path = store_path.unwrap_or_else(|| PathBuf::from("shadowplane.redb"));
+    let store_path = if store_path.is_absolute() {
+        store_path
+    } else {
+        base.join(store_path)
+    };
+    let retention_hours = retention_hours.unwrap_or(168);
+    if retention_hours == 0 {
+        return Err(at(
+            &[Key("store"), Key("retention_hours")],
+            "must be at least 1",
+        ));
+    }
+
     if file.listeners.is_empty() {
         return Err(at(&[Key("listeners")], "at least one listener is required"));
     }
@@ -653,6 +690,8 @@ fn check(file: FileConfig, base: &Path) -> Result<Config, CheckError> {
         xds_address,
         admin_address,
         filter,
+        store_path,
+        retention_ms: retention_hours.saturating_mul(3_600_000),
         listeners,
         services,
     })

@@ -14,6 +14,7 @@ mod admin;
 mod config;
 mod resources;
 mod state;
+mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -534,6 +534,8 @@ mod tests {
                 auth_token: Some("secret".into()),
                 telemetry_address: "127.0.0.1:18001".parse().unwrap(),
             }),
+            store_path: "/var/lib/shadowplane/shadowplane.redb".into(),
+            retention_ms: 3_600_000,
             listeners: vec![ListenerCfg {
                 name: "ingress".into(),
                 address: "127.0.0.1:10000".parse().unwrap(),

@@ -6,17 +6,18 @@
 //! snapshot it ACKed, and this state follows it back, so the next change starts from what
 //! Envoy actually runs.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use shadowplane_wire::Report;
+use shadowplane_wire::{REPORT_CONTENT_TYPE, Report};
 use shadowplane_xds::{Event, SnapshotCache, SyncState};
 
 use crate::config::{self, Config, Role, Weights};
 use crate::resources;
+use crate::store::{Ingested, Store};
 
 /// How many past snapshots are remembered to follow a rollback.
 const HISTORY: usize = 32;
@@ -38,6 +39,15 @@ pub enum ApiError {
     /// The snapshot or canary was refused (409).
     #[error("{0}")]
     Conflict(String),
+    /// The body is larger than the API accepts (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The body is not in a format the API reads (415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The control plane failed (500); the request may be retried.
+    #[error("{0}")]
+    Internal(String),
 }
 
 #[derive(Clone)]
@@ -60,21 +70,12 @@ struct LoggedEvent {
     event: Value,
 }
 
-#[derive(Default)]
-struct Telemetry {
-    seen: HashSet<(String, String, u64)>,
-    order: VecDeque<(String, String, u64)>,
-    reports: u64,
-    duplicates: u64,
-    clusters: BTreeMap<String, (u64, u64)>,
-}
-
 /// The shared state behind the admin API and the xDS cache.
 pub struct ControlPlane {
     cache: SnapshotCache,
     inner: Mutex<Inner>,
     events: Mutex<(u64, VecDeque<LoggedEvent>)>,
-    telemetry: Mutex<Telemetry>,
+    store: Store,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -110,6 +111,19 @@ impl ControlPlane {
                 .collect(),
             config,
         };
+        let window_ms = desired
+            .config
+            .filter
+            .as_ref()
+            .map_or(shadowplane_wire::DEFAULT_REPORT_INTERVAL_MS, |f| {
+                f.report_interval_ms
+            });
+        let store = Store::open(
+            &desired.config.store_path,
+            window_ms,
+            desired.config.retention_ms,
+        )
+        .map_err(|e| anyhow::anyhow!("{e} ({})", desired.config.store_path.display()))?;
         let version = "1".to_string();
         let snap = resources::snapshot(&desired.config, &desired.weights, &version)?;
         cache.set_snapshot(&desired.config.node_cluster, snap)?;
@@ -123,7 +137,7 @@ impl ControlPlane {
                 history: VecDeque::from([(version, desired)]),
             }),
             events: Mutex::new((0, VecDeque::new())),
-            telemetry: Mutex::new(Telemetry::default()),
+            store,
         });
         Ok(cp)
     }
@@ -275,9 +289,20 @@ impl ControlPlane {
         if config.node_cluster != inner.current.config.node_cluster
             || config.xds_address != inner.current.config.xds_address
             || config.admin_address != inner.current.config.admin_address
+            || config.store_path != inner.current.config.store_path
+            || config.retention_ms != inner.current.config.retention_ms
+            || config.filter.as_ref().map(|f| f.report_interval_ms)
+                != inner
+                    .current
+                    .config
+                    .filter
+                    .as_ref()
+                    .map(|f| f.report_interval_ms)
         {
             return Err(ApiError::BadRequest(
-                "node_cluster, xds and admin cannot change on reload; restart instead".into(),
+                "node_cluster, xds, admin, store and the report interval cannot change on \
+                 reload; restart instead"
+                    .into(),
             ));
         }
         let mut weights = BTreeMap::new();
@@ -395,9 +420,16 @@ impl ControlPlane {
         }
     }
 
-    /// Takes one telemetry report from a filter: checks the token, decodes and validates it,
-    /// and counts it once however often the filter resends it.
-    pub fn ingest(&self, authorization: Option<&str>, body: &[u8]) -> Result<(), ApiError> {
+    /// Takes one telemetry report from a filter: checks the token and the content type,
+    /// decodes and validates it, and stores it (once, however often the filter resends it).
+    /// Returns only after the report is committed, so an acknowledged report is never lost.
+    /// Every rejection is counted and stores nothing else.
+    pub fn ingest(
+        &self,
+        authorization: Option<&str>,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Result<Ingested, ApiError> {
         let token = lock(&self.inner)
             .current
             .config
@@ -407,44 +439,91 @@ impl ControlPlane {
         if let Some(t) = token {
             let want = format!("Bearer {t}");
             if authorization != Some(want.as_str()) {
+                self.count("rejected_unauthorized");
                 return Err(ApiError::Unauthorized(
                     "missing or wrong bearer token".into(),
                 ));
             }
         }
-        let report = Report::decode(body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let mut t = lock(&self.telemetry);
-        let key = (
-            report.node_id.clone(),
-            report.worker.clone(),
-            report.sequence,
-        );
-        if !t.seen.insert(key.clone()) {
-            t.duplicates += 1;
-            return Ok(());
+        if content_type != Some(REPORT_CONTENT_TYPE) {
+            self.count("rejected_content_type");
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "reports are {REPORT_CONTENT_TYPE}, not {}",
+                content_type.unwrap_or("(none)")
+            )));
         }
-        t.order.push_back(key);
-        while t.order.len() > 65_536 {
-            if let Some(old) = t.order.pop_front() {
-                t.seen.remove(&old);
-            }
-        }
-        t.reports += 1;
-        for stats in &report.clusters {
-            let e = t.clusters.entry(stats.cluster.clone()).or_default();
-            e.0 += stats.requests;
-            e.1 += stats.responses_5xx + stats.no_response;
-        }
-        Ok(())
+        let report = Report::decode(body).map_err(|e| {
+            self.count("rejected_malformed");
+            ApiError::BadRequest(format!("report: {e}"))
+        })?;
+        self.store
+            .ingest(&report, now_ms())
+            .map_err(|e| ApiError::Internal(e.to_string()))
     }
 
-    /// Totals of the telemetry received since start.
-    pub fn telemetry(&self) -> Value {
-        let t = lock(&self.telemetry);
-        json!({
-            "reports": t.reports,
-            "duplicates": t.duplicates,
-            "clusters": t.clusters.iter().map(|(k, (rq, err))| (k.clone(), json!({"requests": rq, "errors": err}))).collect::<serde_json::Map<_, _>>(),
-        })
+    /// Counts a rejected report.
+    pub fn count(&self, what: &str) {
+        if let Err(e) = self.store.count(what, 1) {
+            tracing::warn!("{e}");
+        }
     }
+
+    /// Counters and per-cluster totals of the stored telemetry.
+    pub fn telemetry(&self) -> Result<Value, ApiError> {
+        let internal = |e: crate::store::StoreError| ApiError::Internal(e.to_string());
+        let counters: serde_json::Map<String, Value> = self
+            .store
+            .counters()
+            .map_err(internal)?
+            .into_iter()
+            .map(|(k, v)| (k, json!(v)))
+            .collect();
+        let clusters: serde_json::Map<String, Value> = self
+            .store
+            .totals()
+            .map_err(internal)?
+            .into_iter()
+            .map(|(c, windows, s)| (c, json!({"windows": windows, "stats": stats_json(&s)})))
+            .collect();
+        Ok(json!({"counters": counters, "clusters": clusters}))
+    }
+
+    /// The stored windows of `cluster` from `since_ms` on.
+    pub fn telemetry_windows(&self, cluster: &str, since_ms: u64) -> Result<Value, ApiError> {
+        let windows = self
+            .store
+            .windows(cluster, since_ms)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(json!({
+            "cluster": cluster,
+            "windows": windows.iter().map(|w| json!({
+                "start_ms": w.start_ms,
+                "end_ms": w.end_ms,
+                "reports": w.reports,
+                "stats": stats_json(&w.stats),
+            })).collect::<Vec<_>>(),
+        }))
+    }
+}
+
+fn stats_json(s: &shadowplane_wire::ClusterStats) -> Value {
+    let q = |p: f64| {
+        s.latency
+            .quantile(p)
+            .map(|us| (us / 1000.0 * 1000.0).round() / 1000.0)
+    };
+    json!({
+        "requests": s.requests,
+        "responses_2xx": s.responses_2xx,
+        "responses_3xx": s.responses_3xx,
+        "responses_4xx": s.responses_4xx,
+        "responses_5xx": s.responses_5xx,
+        "no_response": s.no_response,
+        "local_resets": s.local_resets,
+        "upstream_resets": s.upstream_resets,
+        "timeouts": s.timeouts,
+        "request_bytes": s.request_bytes,
+        "response_bytes": s.response_bytes,
+        "latency_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99)},
+    })
 }

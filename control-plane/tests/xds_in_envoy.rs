@@ -588,3 +588,112 @@ async fn a_canary_node_gets_the_snapshot_first_and_its_nack_keeps_the_others_on_
     assert_eq!(active_listeners(&dump), vec!["ingress".to_string()]);
     drop(squatter);
 }
+
+/// Headers, body and the status a bad report must get.
+type Case<'a> = (&'a [(&'a str, &'a str)], Vec<u8>, u16);
+
+/// Requests per cluster in the control plane's store.
+async fn stored_requests(cp: &ControlPlane) -> BTreeMap<String, u64> {
+    let (_, v) = cp.admin("GET", "/v1/telemetry", None).await.unwrap();
+    v["clusters"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, c)| (k.clone(), c["stats"]["requests"].as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_is_stored_once_survives_a_restart_and_bad_reports_are_refused() {
+    let mut stack = Stack::start(&["envoy-a"], "GRPC").await;
+    assert!(
+        stack
+            .cp
+            .wait_synced(&["envoy-a"], "1", Duration::from_secs(10))
+            .await
+    );
+    stack
+        .cp
+        .set_weights(SERVICE, &[("primary", 50), ("shadow", 50)], &[])
+        .await
+        .unwrap();
+    assert!(
+        wait_applied(&stack, 50, 50, Duration::from_secs(5))
+            .await
+            .is_some()
+    );
+    shadow_share(&stack, 1000).await;
+    let want = BTreeMap::from([
+        (PRIMARY.to_string(), stack.primary.received()),
+        (SHADOW.to_string(), stack.shadow.received()),
+    ]);
+    assert_eq!(want.values().sum::<u64>(), 1000);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while stored_requests(&stack.cp).await != want {
+        assert!(
+            Instant::now() < deadline,
+            "stored {:?}, want {want:?}",
+            stored_requests(&stack.cp).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Windows merge both workers' reports and carry the latency distribution.
+    let (_, w) = stack
+        .cp
+        .admin("GET", &format!("/v1/telemetry/{PRIMARY}"), None)
+        .await
+        .unwrap();
+    let windows = w["windows"].as_array().unwrap();
+    assert!(!windows.is_empty());
+    let sum: u64 = windows
+        .iter()
+        .map(|w| w["stats"]["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(sum, want[PRIMARY]);
+    assert!(
+        windows
+            .iter()
+            .any(|w| w["stats"]["latency_ms"]["p99"].as_f64().is_some())
+    );
+
+    // Killed without warning: every acknowledged report is still there.
+    stack.cp.restart().await.unwrap();
+    assert_eq!(stored_requests(&stack.cp).await, want);
+
+    // Bad reports: refused with the right status, counted, nothing stored, still serving.
+    let client = Client::new();
+    let url = stack.cp.url("/v1/telemetry");
+    let proto = ("content-type", "application/x-protobuf");
+    let good_token = ("authorization", "Bearer test-token");
+    let cases: [Case; 4] = [
+        (&[proto, ("authorization", "Bearer wrong")], vec![], 401),
+        (&[proto, good_token], b"\x0a\xff\xff garbage".to_vec(), 400),
+        (&[proto, good_token], vec![0u8; 2 << 20], 413),
+        (
+            &[("content-type", "application/json"), good_token],
+            b"{}".to_vec(),
+            415,
+        ),
+    ];
+    for (headers, body, want_status) in cases {
+        let (status, _, answer) = client
+            .request(hyper::Method::POST, &url, headers, body.into())
+            .await
+            .unwrap();
+        assert_eq!(status, want_status, "{}", String::from_utf8_lossy(&answer));
+    }
+    let (_, v) = stack.cp.admin("GET", "/v1/telemetry", None).await.unwrap();
+    for counter in [
+        "rejected_unauthorized",
+        "rejected_malformed",
+        "rejected_too_large",
+        "rejected_content_type",
+    ] {
+        assert_eq!(v["counters"][counter], 1, "{counter}: {v}");
+    }
+    assert_eq!(stored_requests(&stack.cp).await, want);
+    let (status, _, _) = client.get(&stack.cp.url("/healthz"), &[]).await.unwrap();
+    assert_eq!(status, 200);
+}
