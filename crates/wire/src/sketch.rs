@@ -144,6 +144,15 @@ impl LatencySketch {
         Some(self.max)
     }
 
+    /// The distribution as (value, count) pairs in ascending value order: the zero bucket
+    /// (value 0) first if it has samples, then every non-empty bucket at the value it stands
+    /// for. Samples in one pair are indistinguishable (ties) to a rank test.
+    pub fn buckets(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
+        let zero = (self.zero_count > 0).then_some((0.0, self.zero_count));
+        zero.into_iter()
+            .chain(self.bins.iter().map(|(k, c)| (Self::value(*k), *c)))
+    }
+
     /// Non-empty buckets in key order, with the zero bucket separate.
     pub(crate) fn parts(&self) -> (impl Iterator<Item = (i32, u64)> + '_, u64) {
         (self.bins.iter().map(|(k, c)| (*k, *c)), self.zero_count)
@@ -238,6 +247,21 @@ mod tests {
         assert_eq!(s.quantile(0.5), None);
         assert_eq!(s.min(), None);
         assert_eq!(s.count(), 0);
+    }
+
+    #[test]
+    fn buckets_list_the_distribution_in_value_order() {
+        let mut s = LatencySketch::new();
+        for v in [0.0, 0.0, 100.0, 100.5, 5000.0] {
+            s.add(v);
+        }
+        let b: Vec<(f64, u64)> = s.buckets().collect();
+        assert_eq!(b.len(), 3, "{b:?}");
+        assert_eq!(b[0], (0.0, 2));
+        assert_eq!(b[1].1, 2);
+        assert!((b[1].0 - 100.0).abs() <= 1.0, "{b:?}");
+        assert!((b[2].0 - 5000.0).abs() <= 50.0, "{b:?}");
+        assert_eq!(b.iter().map(|x| x.1).sum::<u64>(), s.count());
     }
 
     #[test]
