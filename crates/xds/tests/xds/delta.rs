@@ -113,3 +113,39 @@ async fn subscribe_and_unsubscribe_named_resources() {
     cache.wait_synced("edge", "v2", WAIT).await.expect("v2");
     assert!(d.held[&ResourceType::Endpoint].is_empty());
 }
+
+#[tokio::test]
+async fn the_per_type_delta_service_serves_its_type_and_follows_changes() {
+    let cache = SnapshotCache::new();
+    cache
+        .set_snapshot("edge", snapshot("v1", &["a", "b"], &[("a", 90), ("b", 10)]))
+        .expect("set");
+    let server = TestServer::start(cache.clone()).await;
+    let mut d = Delta::cds(server.addr, node("n1", "edge")).await;
+    d.subscribe(ResourceType::Cluster, &[]);
+    let r = d.recv_ack(ResourceType::Cluster).await;
+    assert_eq!(delta_line(&r), "CDS v1 +[a b] -[]");
+    // A new cluster set: only the difference comes, as a delta.
+    cache
+        .set_snapshot("edge", snapshot("v2", &["a", "c"], &[("a", 90), ("c", 10)]))
+        .expect("set");
+    let mut lines = Vec::new();
+    while !d.held[&ResourceType::Cluster].contains_key("c")
+        || d.held[&ResourceType::Cluster].contains_key("b")
+    {
+        let r = d.recv_ack(ResourceType::Cluster).await;
+        lines.push(delta_line(&r));
+    }
+    assert_eq!(
+        d.held[&ResourceType::Cluster]
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>(),
+        ["a", "c"],
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains("+[a")),
+        "unchanged a resent: {lines:?}"
+    );
+}

@@ -288,17 +288,34 @@ pub struct Delta {
 
 impl Delta {
     pub async fn ads(addr: SocketAddr, node: Node) -> Delta {
+        Self::open(addr, node, false).await
+    }
+
+    /// Delta over the per-type cluster service (CDS only).
+    pub async fn cds(addr: SocketAddr, node: Node) -> Delta {
+        Self::open(addr, node, true).await
+    }
+
+    async fn open(addr: SocketAddr, node: Node, cds: bool) -> Delta {
         let ch = channel(addr).await;
         let (tx, rx) = mpsc::unbounded_channel();
-        let rx = tokio::time::timeout(
-            WAIT,
-            AggregatedDiscoveryServiceClient::new(ch)
-                .delta_aggregated_resources(UnboundedReceiverStream::new(rx)),
-        )
-        .await
-        .expect("stream opened in time")
-        .expect("stream opened")
-        .into_inner();
+        let requests = UnboundedReceiverStream::new(rx);
+        let call = async {
+            if cds {
+                ClusterDiscoveryServiceClient::new(ch)
+                    .delta_clusters(requests)
+                    .await
+            } else {
+                AggregatedDiscoveryServiceClient::new(ch)
+                    .delta_aggregated_resources(requests)
+                    .await
+            }
+        };
+        let rx = tokio::time::timeout(WAIT, call)
+            .await
+            .expect("stream opened in time")
+            .expect("stream opened")
+            .into_inner();
         Delta {
             tx,
             rx,
