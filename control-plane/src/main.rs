@@ -7,14 +7,17 @@
 //! shadowplane weights get
 //! shadowplane status
 //! shadowplane reload [--canary NODE]...
+//! shadowplane detect --input F.csv --output G.csv
 //! ```
-//! An invalid configuration file exits with status 2 after one line naming file:line:column.
+//! An invalid configuration file exits with status 2 after one line naming file:line:column;
+//! so does a bad row for `detect`, naming file:line.
 
 mod admin;
 // The step comparison, like the lifecycle, waits for the control loop of issue 5.
 #[allow(dead_code)]
 mod compare;
 mod config;
+mod detect;
 // The lifecycle engine is a tested pure state machine; the control loop that feeds it model
 // verdicts and carries out its pushes comes next (issue 5), so it has no caller yet.
 #[allow(dead_code)]
@@ -89,6 +92,15 @@ enum Command {
         #[arg(long)]
         admin: Option<String>,
     },
+    /// Score a `timestamp,value` CSV for anomalies, row by row from the past only.
+    Detect {
+        /// The series to score.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write `timestamp,value,anomaly_score`.
+        #[arg(long)]
+        output: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -110,6 +122,19 @@ enum WeightsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Detect { input, output } = &cli.command {
+        return match detect::run(input, output) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("shadowplane: {e:#}");
+                if e.downcast_ref::<detect::BadRow>().is_some() {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -331,7 +356,9 @@ async fn client(cmd: Command) -> anyhow::Result<()> {
                 v["version"].as_str().unwrap_or("?")
             );
         }
-        Command::Serve { .. } | Command::Check { .. } => bail!("not a client command"),
+        Command::Serve { .. } | Command::Check { .. } | Command::Detect { .. } => {
+            bail!("not a client command")
+        }
     }
     Ok(())
 }

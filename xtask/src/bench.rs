@@ -6,15 +6,17 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 
 mod filter_overhead;
+mod model;
 mod xds_fanout;
 
 /// The benches `run` knows, for the error on an unknown name.
-const KNOWN: &[&str] = &["filter-overhead", "xds-fanout"];
+const KNOWN: &[&str] = &["filter-overhead", "model", "xds-fanout"];
 
 /// Runs the bench called `name`.
 pub fn run(root: &Path, name: &str) -> Result<()> {
     let bench = match name {
         "filter-overhead" => filter_overhead::run,
+        "model" => model::run,
         "xds-fanout" => xds_fanout::run,
         _ => bail!(
             "unknown bench `{name}`: known benches are {}",

@@ -2,6 +2,7 @@
 
 mod bench;
 mod cmd;
+mod eval;
 mod setup;
 mod test;
 
@@ -31,14 +32,14 @@ enum Task {
     },
     /// Run a benchmark; figures go to target/bench/
     Bench {
-        /// Which benchmark: filter-overhead or xds-fanout
+        /// Which benchmark: filter-overhead, model or xds-fanout
         name: String,
     },
     /// Run the end-to-end demo (not implemented yet)
     Demo,
-    /// Run an evaluation (not implemented yet)
+    /// Run an evaluation; figures go to target/eval/
     Eval {
-        /// Which evaluation
+        /// Which evaluation: nab (the anomaly detector and forecaster on ../shared/data/nab)
         name: String,
     },
 }
@@ -51,7 +52,7 @@ fn main() -> Result<()> {
         Task::Test { test_args } => test::test(&root, &test_args),
         Task::Bench { name } => bench::run(&root, &name),
         Task::Demo => bail!("demo is not implemented yet: see issue 6"),
-        Task::Eval { name: _ } => bail!("eval is not implemented yet: see issue 4"),
+        Task::Eval { name } => eval::run(&root, &name),
     }
 }
 

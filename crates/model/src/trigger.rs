@@ -1,0 +1,539 @@
+//! The migration trigger: the design's `CheckMigrationTrigger`, made predictive. Given a
+//! group's forecasters and a policy it answers Stay or Migrate with the reason, a severity and
+//! the expected time of the breach, with hysteresis and a minimum dwell so it does not flap.
+//!
+//! A metric *risks* its limit at a level when the probability that it exceeds the level, now
+//! or at any horizon up to the policy's, reaches the policy's confidence. The probability comes
+//! from the forecaster's calibrated 95% interval read as a normal spread; the point just seen
+//! counts as certain. Staying turns into Migrate when some metric risks `enter x limit`;
+//! Migrate turns back into Stay only when no metric has even a `1 - confidence` chance of
+//! exceeding `exit x limit`; and neither happens within `min_dwell_secs` of the last change.
+
+use serde::{Deserialize, Serialize};
+
+use crate::forecast::{Forecast, Forecaster};
+use crate::stats::{normal_cdf, normal_multiplier};
+use crate::{Result, Time, ensure};
+
+/// The confidence of the interval a breach probability is read from.
+const INTERVAL: f64 = 0.95;
+
+/// When a group should move to its shadow; `check` turns it into a [`ValidPolicy`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// SLO on p99 latency, in milliseconds. Default 250.
+    pub slo_p99_ms: f64,
+    /// SLO on the error rate, as a fraction of requests. Default 0.01.
+    pub slo_error_rate: f64,
+    /// Budget on cost per hour; none means cost never triggers. Default none.
+    pub cost_budget_per_hour: Option<f64>,
+    /// How far ahead breaches are looked for, in points. Default 6.
+    pub horizon: usize,
+    /// Probability of a breach that makes the trigger act. Default 0.9.
+    pub confidence: f64,
+    /// Migrate when a metric risks this fraction of its limit. Default 1.0.
+    pub enter: f64,
+    /// Return to Stay only when no metric risks this fraction of its limit. Default 0.8.
+    pub exit: f64,
+    /// Seconds a decision holds at least before it may change. Default 600.
+    pub min_dwell_secs: Time,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            slo_p99_ms: 250.0,
+            slo_error_rate: 0.01,
+            cost_budget_per_hour: None,
+            horizon: 6,
+            confidence: 0.9,
+            enter: 1.0,
+            exit: 0.8,
+            min_dwell_secs: 600,
+        }
+    }
+}
+
+impl Policy {
+    /// Validates the policy, naming the first bad field.
+    pub fn check(self) -> Result<ValidPolicy> {
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        ensure(positive(self.slo_p99_ms), "slo_p99_ms", || {
+            format!("must be positive, got {}", self.slo_p99_ms)
+        })?;
+        ensure(positive(self.slo_error_rate), "slo_error_rate", || {
+            format!("must be positive, got {}", self.slo_error_rate)
+        })?;
+        if let Some(b) = self.cost_budget_per_hour {
+            ensure(positive(b), "cost_budget_per_hour", || {
+                format!("must be positive, got {b}")
+            })?;
+        }
+        ensure(self.horizon >= 1, "horizon", || "must be at least 1".into())?;
+        ensure(
+            self.confidence > 0.5 && self.confidence < 1.0,
+            "confidence",
+            || format!("must be between 0.5 and 1, got {}", self.confidence),
+        )?;
+        ensure(positive(self.enter), "enter", || {
+            format!("must be positive, got {}", self.enter)
+        })?;
+        ensure(
+            positive(self.exit) && self.exit < self.enter,
+            "exit",
+            || {
+                format!(
+                    "must be positive and below enter ({}), got {}",
+                    self.enter, self.exit
+                )
+            },
+        )?;
+        ensure(self.min_dwell_secs >= 0, "min_dwell_secs", || {
+            "must not be negative".into()
+        })?;
+        Ok(ValidPolicy(self))
+    }
+}
+
+/// A [`Policy`] that passed [`Policy::check`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidPolicy(Policy);
+
+impl ValidPolicy {
+    /// The checked policy.
+    pub fn get(&self) -> &Policy {
+        &self.0
+    }
+}
+
+/// A group's forecasters, each fed with its metric.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupForecasts<'a> {
+    /// p99 latency in milliseconds.
+    pub p99_ms: &'a Forecaster,
+    /// Error rate as a fraction of requests.
+    pub error_rate: &'a Forecaster,
+    /// Cost per hour, when the policy has a budget.
+    pub cost_per_hour: Option<&'a Forecaster>,
+}
+
+/// The metric a decision is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// p99 latency.
+    P99Latency,
+    /// Error rate.
+    ErrorRate,
+    /// Cost per hour.
+    Cost,
+}
+
+impl Metric {
+    fn label(self) -> &'static str {
+        match self {
+            Metric::P99Latency => "p99 latency",
+            Metric::ErrorRate => "error rate",
+            Metric::Cost => "cost per hour",
+        }
+    }
+}
+
+/// Stay on the primary or move to the shadow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Keep serving from the primary.
+    Stay,
+    /// Move traffic to the shadow.
+    Migrate,
+}
+
+/// The trigger's answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    /// What to do.
+    pub action: Action,
+    /// Whether `action` differs from the previous decision.
+    pub changed: bool,
+    /// The metric that decided, if any.
+    pub metric: Option<Metric>,
+    /// The highest probability, over metrics and horizons, of exceeding `enter x limit`.
+    pub severity: f64,
+    /// The first time a metric's forecast mean reaches its limit, when within the horizon.
+    pub breach_at: Option<Time>,
+    /// One line for a person.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Risk {
+    metric: Metric,
+    enter: f64,
+    exit: f64,
+    breach_at: Option<Time>,
+    forecast_ready: bool,
+    limit: f64,
+    peak: f64,
+}
+
+/// The predictive trigger for one group: the policy and the last decision.
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    policy: ValidPolicy,
+    action: Action,
+    since: Option<Time>,
+}
+
+impl Trigger {
+    /// A trigger that starts in Stay.
+    pub fn new(policy: ValidPolicy) -> Self {
+        Trigger {
+            policy,
+            action: Action::Stay,
+            since: None,
+        }
+    }
+
+    /// The current action.
+    pub fn action(&self) -> Action {
+        self.action
+    }
+
+    /// Decides at `now` from the group's forecasters.
+    pub fn check(&mut self, now: Time, group: &GroupForecasts<'_>) -> Result<Decision> {
+        let p = self.policy.get().clone();
+        let mut risks = vec![
+            risk(Metric::P99Latency, group.p99_ms, p.slo_p99_ms, &p)?,
+            risk(Metric::ErrorRate, group.error_rate, p.slo_error_rate, &p)?,
+        ];
+        if let (Some(f), Some(budget)) = (group.cost_per_hour, p.cost_budget_per_hour) {
+            risks.push(risk(Metric::Cost, f, budget, &p)?);
+        }
+        let worst = risks
+            .iter()
+            .copied()
+            .max_by(|a, b| a.enter.total_cmp(&b.enter))
+            .expect("at least two metrics");
+        let dwelling = self.since.is_some_and(|s| now - s < p.min_dwell_secs);
+        let breach_at = risks.iter().filter_map(|r| r.breach_at).min();
+        let severity = worst.enter;
+        let current = self.action;
+        let mut decide = |action: Action, metric: Option<Metric>, reason: String| {
+            let changed = action != self.action;
+            if changed {
+                self.action = action;
+                self.since = Some(now);
+            }
+            Decision {
+                action,
+                changed,
+                metric,
+                severity,
+                breach_at,
+                reason,
+            }
+        };
+        Ok(match current {
+            Action::Stay => {
+                if worst.enter >= p.confidence && !dwelling {
+                    let when = worst
+                        .breach_at
+                        .map(|t| {
+                            if t <= now {
+                                "now".to_string()
+                            } else {
+                                format!("in {} s", t - now)
+                            }
+                        })
+                        .unwrap_or_else(|| "within the horizon".to_string());
+                    decide(
+                        Action::Migrate,
+                        Some(worst.metric),
+                        format!(
+                            "{} risks its limit {} (p = {:.2}, peak forecast {:.4}), breach expected {when}",
+                            worst.metric.label(),
+                            worst.limit,
+                            worst.enter,
+                            worst.peak
+                        ),
+                    )
+                } else if worst.enter >= p.confidence {
+                    decide(
+                        Action::Stay,
+                        Some(worst.metric),
+                        format!(
+                            "{} risks its limit, but the last change is too recent",
+                            worst.metric.label()
+                        ),
+                    )
+                } else {
+                    let warming = risks.iter().any(|r| !r.forecast_ready);
+                    decide(
+                        Action::Stay,
+                        None,
+                        if warming {
+                            "within limits now; some forecasts are still warming up".to_string()
+                        } else {
+                            format!(
+                                "every metric within limits through the horizon (worst p = {:.2})",
+                                worst.enter
+                            )
+                        },
+                    )
+                }
+            }
+            Action::Migrate => {
+                let clear = risks.iter().all(|r| r.exit < 1.0 - p.confidence);
+                let holding = risks
+                    .iter()
+                    .copied()
+                    .max_by(|a, b| a.exit.total_cmp(&b.exit))
+                    .map(|r| r.metric);
+                if clear && !dwelling {
+                    decide(
+                        Action::Stay,
+                        None,
+                        format!(
+                            "every metric forecast below {:.0}% of its limit",
+                            100.0 * p.exit
+                        ),
+                    )
+                } else if clear {
+                    decide(
+                        Action::Migrate,
+                        holding,
+                        "recovered, holding for the minimum dwell".to_string(),
+                    )
+                } else {
+                    decide(
+                        Action::Migrate,
+                        holding,
+                        format!(
+                            "{} not yet below {:.0}% of its limit",
+                            holding.map_or("a metric", Metric::label),
+                            100.0 * p.exit
+                        ),
+                    )
+                }
+            }
+        })
+    }
+}
+
+/// The probabilities of `f`'s metric exceeding `enter x limit` and `exit x limit`, now or
+/// within the horizon.
+fn risk(metric: Metric, f: &Forecaster, limit: f64, p: &Policy) -> Result<Risk> {
+    let (enter_level, exit_level) = (p.enter * limit, p.exit * limit);
+    let mut r = Risk {
+        metric,
+        enter: 0.0,
+        exit: 0.0,
+        breach_at: None,
+        forecast_ready: true,
+        limit,
+        peak: f64::NEG_INFINITY,
+    };
+    if let Some((t, v)) = f.last() {
+        r.peak = v;
+        if v >= enter_level {
+            r.enter = 1.0;
+        }
+        if v >= exit_level {
+            r.exit = 1.0;
+        }
+        if v >= limit {
+            r.breach_at = Some(t);
+        }
+    }
+    let z = normal_multiplier(INTERVAL);
+    let horizon = p.horizon.min(f.params().max_horizon);
+    for h in 1..=horizon {
+        let Forecast::Ready(pred) = f.predict(h, INTERVAL)? else {
+            r.forecast_ready = false;
+            break;
+        };
+        let sigma = pred.half_width() / z;
+        let exceed = |level: f64| {
+            if sigma > 0.0 {
+                1.0 - normal_cdf((level - pred.mean) / sigma)
+            } else if pred.mean >= level {
+                1.0
+            } else {
+                0.0
+            }
+        };
+        r.enter = r.enter.max(exceed(enter_level));
+        r.exit = r.exit.max(exceed(exit_level));
+        r.peak = r.peak.max(pred.mean);
+        if r.breach_at.is_none() && pred.mean >= limit {
+            r.breach_at = Some(pred.time);
+        }
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ForecasterParams;
+
+    fn forecaster() -> Forecaster {
+        let p = ForecasterParams {
+            warmup: 60,
+            refit_every: 30,
+            min_calibration: 20,
+            ..Default::default()
+        };
+        Forecaster::new(p.check().unwrap(), 0)
+    }
+
+    /// Deterministic noise in [-0.5, 0.5).
+    fn noise(i: usize) -> f64 {
+        let x = (i as u64 + 7).wrapping_mul(6_364_136_223_846_793_005);
+        ((x >> 11) as f64 / (1u64 << 53) as f64) - 0.5
+    }
+
+    struct Group {
+        p99: Forecaster,
+        errors: Forecaster,
+        t: Time,
+        i: usize,
+    }
+
+    impl Group {
+        fn new() -> Self {
+            Group {
+                p99: forecaster(),
+                errors: forecaster(),
+                t: 0,
+                i: 0,
+            }
+        }
+        fn push(&mut self, p99: f64) {
+            self.p99.update(self.t, p99, &[]).unwrap();
+            self.errors
+                .update(self.t, 0.001 + 0.0002 * noise(self.i + 99), &[])
+                .unwrap();
+            self.t += 60;
+            self.i += 1;
+        }
+        fn check(&self, trigger: &mut Trigger) -> Decision {
+            let g = GroupForecasts {
+                p99_ms: &self.p99,
+                error_rate: &self.errors,
+                cost_per_hour: None,
+            };
+            trigger.check(self.t - 60, &g).unwrap()
+        }
+    }
+
+    #[test]
+    fn a_rising_latency_migrates_before_the_breach() {
+        let mut trigger = Trigger::new(Policy::default().check().unwrap());
+        let mut g = Group::new();
+        for i in 0..200 {
+            g.push(100.0 + 10.0 * noise(i));
+            assert_eq!(g.check(&mut trigger).action, Action::Stay);
+        }
+        // +3 ms a minute: crosses 250 ms about 50 minutes in
+        let mut migrated = None;
+        for k in 0..80 {
+            let v = 100.0 + 3.0 * k as f64 + 10.0 * noise(200 + k);
+            g.push(v);
+            let d = g.check(&mut trigger);
+            if d.action == Action::Migrate && migrated.is_none() {
+                migrated = Some((v, d));
+            }
+        }
+        let (v, d) = migrated.expect("never migrated");
+        assert!(v < 250.0, "migrated only at {v} ms");
+        assert_eq!(d.metric, Some(Metric::P99Latency));
+        assert!(d.changed && d.severity >= 0.9, "{d:?}");
+        assert!(d.breach_at.is_some_and(|t| t > g.t - 60 - 3600), "{d:?}");
+    }
+
+    #[test]
+    fn noise_below_the_limit_never_flaps_and_hysteresis_holds() {
+        let policy = Policy {
+            min_dwell_secs: 1800,
+            ..Default::default()
+        };
+        let mut trigger = Trigger::new(policy.check().unwrap());
+        let mut g = Group::new();
+        for i in 0..300 {
+            g.push(150.0 + 40.0 * noise(i));
+            assert_eq!(g.check(&mut trigger).action, Action::Stay, "point {i}");
+        }
+        // a real breach
+        for i in 0..10 {
+            g.push(400.0 + 10.0 * noise(300 + i));
+        }
+        assert_eq!(g.check(&mut trigger).action, Action::Migrate);
+        // between exit (200) and enter (250): stays migrated
+        let mut changes = 0;
+        for i in 0..60 {
+            g.push(230.0 + 5.0 * noise(400 + i));
+            changes += usize::from(g.check(&mut trigger).changed);
+        }
+        assert_eq!((trigger.action(), changes), (Action::Migrate, 0));
+        // well below exit: back to Stay, once, and only after the dwell
+        let start = g.t;
+        let mut back = None;
+        for i in 0..120 {
+            g.push(100.0 + 5.0 * noise(500 + i));
+            let d = g.check(&mut trigger);
+            if d.changed {
+                assert!(back.is_none(), "flapped: {d:?}");
+                back = Some(g.t);
+            }
+        }
+        assert_eq!(trigger.action(), Action::Stay);
+        assert!(back.is_some_and(|t| t > start));
+    }
+
+    #[test]
+    fn a_cost_budget_triggers_too() {
+        let policy = Policy {
+            cost_budget_per_hour: Some(10.0),
+            ..Default::default()
+        };
+        let mut trigger = Trigger::new(policy.check().unwrap());
+        let mut g = Group::new();
+        let mut cost = forecaster();
+        for i in 0..200 {
+            g.push(100.0 + noise(i));
+            cost.update(g.t - 60, if i < 150 { 5.0 } else { 12.0 }, &[])
+                .unwrap();
+        }
+        let d = trigger
+            .check(
+                g.t - 60,
+                &GroupForecasts {
+                    p99_ms: &g.p99,
+                    error_rate: &g.errors,
+                    cost_per_hour: Some(&cost),
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            (d.action, d.metric),
+            (Action::Migrate, Some(Metric::Cost)),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn policy_names_the_bad_field() {
+        let bad = Policy {
+            exit: 1.2,
+            ..Default::default()
+        }
+        .check()
+        .unwrap_err();
+        assert!(bad.to_string().starts_with("exit:"), "{bad}");
+        let json = r#"{"slo_p99_ms": 300, "horizon_points": 3}"#;
+        assert!(serde_json::from_str::<Policy>(json).is_err());
+    }
+}
