@@ -294,6 +294,11 @@ impl Weights {
         ))
     }
 
+    /// Role to percent.
+    pub fn as_map(&self) -> BTreeMap<Role, u32> {
+        self.0.clone()
+    }
+
     /// The weight of `role` (0 when absent).
     pub fn get(&self, role: Role) -> u32 {
         self.0.get(&role).copied().unwrap_or(0)

@@ -50,6 +50,36 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// Key of the persisted weights in the store.
+const WEIGHTS_KEY: &str = "weights";
+
+/// What survives a restart: the weights set by hand and the snapshot generation.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Persisted {
+    generation: u64,
+    weights: BTreeMap<String, BTreeMap<Role, u32>>,
+}
+
+impl Persisted {
+    fn of(generation: u64, d: &Desired) -> Persisted {
+        Persisted {
+            generation,
+            weights: d
+                .weights
+                .iter()
+                .map(|(k, w)| (k.clone(), w.as_map()))
+                .collect(),
+        }
+    }
+
+    fn save(&self, store: &Store) -> Result<(), ApiError> {
+        let bytes = serde_json::to_vec(self).map_err(|e| ApiError::Internal(e.to_string()))?;
+        store
+            .put_state(WEIGHTS_KEY, &bytes)
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+}
+
 #[derive(Clone)]
 struct Desired {
     config: Config,
@@ -124,7 +154,30 @@ impl ControlPlane {
             desired.config.retention_ms,
         )
         .map_err(|e| anyhow::anyhow!("{e} ({})", desired.config.store_path.display()))?;
-        let version = "1".to_string();
+        // Weights set by hand before a restart win over the file's, for every service whose
+        // roles are unchanged; versions go on from the last generation.
+        let mut desired = desired;
+        let persisted: Persisted = match store.state(WEIGHTS_KEY) {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!("stored weights unreadable, using the file's: {e}");
+                Persisted::default()
+            }),
+            Ok(None) => Persisted::default(),
+            Err(e) => anyhow::bail!("{e}"),
+        };
+        for s in &desired.config.services {
+            let roles: BTreeSet<Role> = s.groups.iter().map(|g| g.role).collect();
+            if let Some(w) = persisted.weights.get(&s.name)
+                && let Ok(w) = Weights::check(w, &roles)
+            {
+                desired.weights.insert(s.name.clone(), w);
+            }
+        }
+        let generation = persisted.generation + 1;
+        Persisted::of(generation, &desired)
+            .save(&store)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let version = generation.to_string();
         let snap = resources::snapshot(&desired.config, &desired.weights, &version)?;
         cache.set_snapshot(&desired.config.node_cluster, snap)?;
         let cp = Arc::new(ControlPlane {
@@ -133,7 +186,7 @@ impl ControlPlane {
                 config_path,
                 current: desired.clone(),
                 version: version.clone(),
-                generation: 1,
+                generation,
                 history: VecDeque::from([(version, desired)]),
             }),
             events: Mutex::new((0, VecDeque::new())),
@@ -212,6 +265,9 @@ impl ControlPlane {
             }
             if let Some((_, d)) = inner.history.iter().find(|(v, _)| *v == to_version) {
                 let d = d.clone();
+                if let Err(e) = Persisted::of(inner.generation, &d).save(&self.store) {
+                    tracing::warn!("cannot persist the rolled-back weights: {e}");
+                }
                 inner.current = d;
                 inner.version = to_version;
             }
@@ -277,7 +333,7 @@ impl ControlPlane {
             .map_err(|m| ApiError::BadRequest(format!("weights: {m}")))?;
         let mut next = inner.current.clone();
         next.weights.insert(service.to_string(), weights);
-        Self::push(&self.cache, &mut inner, next, canary)
+        Self::push(&self.cache, &self.store, &mut inner, next, canary)
     }
 
     /// Re-reads the configuration file and pushes it (to the `canary` nodes first when not
@@ -317,11 +373,18 @@ impl ControlPlane {
                 kept.cloned().unwrap_or_else(|| s.weights.clone()),
             );
         }
-        Self::push(&self.cache, &mut inner, Desired { config, weights }, canary)
+        Self::push(
+            &self.cache,
+            &self.store,
+            &mut inner,
+            Desired { config, weights },
+            canary,
+        )
     }
 
     fn push(
         cache: &SnapshotCache,
+        store: &Store,
         inner: &mut Inner,
         next: Desired,
         canary: BTreeSet<String>,
@@ -330,12 +393,20 @@ impl ControlPlane {
         let snap = resources::snapshot(&next.config, &next.weights, &version)
             .map_err(|e| ApiError::Conflict(format!("snapshot refused: {e}")))?;
         let group = next.config.node_cluster.clone();
-        if canary.is_empty() {
+        // Persisted before it is sent: a crash right after the push restarts on these weights,
+        // never on older ones Envoy has already left.
+        Persisted::of(inner.generation + 1, &next).save(store)?;
+        let sent = if canary.is_empty() {
             cache.set_snapshot(&group, snap)
         } else {
             cache.set_snapshot_canary(&group, snap, canary)
+        };
+        if let Err(e) = sent {
+            if let Err(e) = Persisted::of(inner.generation, &inner.current).save(store) {
+                tracing::warn!("cannot restore the persisted weights: {e}");
+            }
+            return Err(ApiError::Conflict(e.to_string()));
         }
-        .map_err(|e| ApiError::Conflict(e.to_string()))?;
         inner.generation += 1;
         inner.version = version.clone();
         inner.current = next.clone();

@@ -21,6 +21,8 @@ const WINDOWS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("windo
 const SEEN: TableDefinition<(&str, &str, u64), u64> = TableDefinition::new("seen");
 /// Counters: name -> value.
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// The control plane's own state (weights, generation): key -> JSON.
+const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +88,7 @@ impl Store {
         tx.open_table(WINDOWS).map_err(dberr)?;
         tx.open_table(SEEN).map_err(dberr)?;
         tx.open_table(COUNTERS).map_err(dberr)?;
+        tx.open_table(STATE).map_err(dberr)?;
         tx.commit().map_err(dberr)?;
         Ok(Store {
             db,
@@ -174,6 +177,23 @@ impl Store {
             bump(&mut counters, name, by)?;
         }
         tx.commit().map_err(dberr)
+    }
+
+    /// Stores `value` under `key` in the control plane's state, durably.
+    pub fn put_state(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut t = tx.open_table(STATE).map_err(dberr)?;
+            t.insert(key, value).map_err(dberr)?;
+        }
+        tx.commit().map_err(dberr)
+    }
+
+    /// The state stored under `key`, if any.
+    pub fn state(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let t = tx.open_table(STATE).map_err(dberr)?;
+        Ok(t.get(key).map_err(dberr)?.map(|v| v.value().to_vec()))
     }
 
     /// Every counter.
