@@ -7,7 +7,8 @@
 //! - [`envoy`]: starts Envoy from a bootstrap ([`envoy::render`] fills its placeholders) and
 //!   reads its admin API (listener ports, stats, config dump) and its log.
 //! - [`upstream`]: an HTTP/1.1 and h2c server that names itself in `x-served-by` and whose
-//!   latency and status can be changed while it runs.
+//!   latency and status can be changed while it runs; also a program, `shadowplane-upstream`
+//!   ([`upstream::upstream_bin`]), controlled over HTTP.
 //! - [`collector`]: receives the filter's telemetry reports, checks the token, validates and
 //!   de-duplicates them, and can be stopped and restarted on the same port.
 //! - [`filter_stack`]: the shipped static bootstrap with the filter, two upstreams and a
@@ -41,7 +42,7 @@ pub use collector::{Collector, TELEMETRY_PATH};
 pub use envoy::{Envoy, EnvoyOpts, render};
 pub use filter_stack::FilterStack;
 pub use load::{Client, LoadResult};
-pub use upstream::{Upstream, UpstreamHandle};
+pub use upstream::{Upstream, UpstreamHandle, UpstreamOptions};
 
 /// How often the `wait_*` helpers look again.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);

@@ -18,6 +18,7 @@ mod admin;
 mod compare;
 mod config;
 mod detect;
+mod provision;
 // The lifecycle engine is a tested pure state machine; the control loop that feeds it model
 // verdicts and carries out its pushes comes next (issue 5), so it has no caller yet.
 #[allow(dead_code)]

@@ -1,10 +1,14 @@
 //! A test upstream: an HTTP/1.1 and h2c server that names itself in every response and whose
-//! latency and status can be changed while it runs.
+//! latency and status can be changed while it runs, from the test that owns it or, when
+//! started with [`UpstreamOptions::control`], over HTTP under [`CONTROL_PREFIX`] (the
+//! `shadowplane-upstream` program runs it that way, in another process).
 
 use std::collections::VecDeque;
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,6 +23,16 @@ use crate::server::{self, Server};
 
 /// The response header that names the upstream which served a request.
 pub const SERVED_BY: &str = "x-served-by";
+
+/// The path prefix of the control endpoints, when enabled:
+///
+/// - `GET /_control/state`: `{"name", "delay_ms", "status", "received", "served"}`;
+/// - `PUT /_control/delay_ms` with a whole number of milliseconds as the body;
+/// - `PUT /_control/status` with an HTTP status (100 to 999) as the body.
+///
+/// Both `PUT`s answer with the new state. Control requests are neither delayed nor counted
+/// nor remembered; a bad body gets 400 and changes nothing.
+pub const CONTROL_PREFIX: &str = "/_control/";
 
 /// How many requests [`UpstreamHandle::requests`] remembers; older ones are forgotten so a
 /// long load test does not grow memory without bound.
@@ -41,6 +55,7 @@ pub struct SeenRequest {
 
 struct State {
     name: String,
+    control: bool,
     body: Bytes,
     delay: Mutex<Duration>,
     status: AtomicU16,
@@ -50,6 +65,25 @@ struct State {
     /// Microseconds from arrival to response per request: the delay as actually injected,
     /// which a loaded machine stretches past the configured one.
     held_us: Mutex<LatencySketch>,
+}
+
+/// How to start an [`Upstream`], besides its name.
+#[derive(Debug, Clone)]
+pub struct UpstreamOptions {
+    /// Where to listen. Default: a free port on `127.0.0.1`.
+    pub addr: SocketAddr,
+    /// Whether the [`CONTROL_PREFIX`] endpoints change delay and status over HTTP. Default:
+    /// off, so every path is ordinary traffic.
+    pub control: bool,
+}
+
+impl Default for UpstreamOptions {
+    fn default() -> Self {
+        UpstreamOptions {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            control: false,
+        }
+    }
 }
 
 /// A running upstream on `127.0.0.1`. Stops (and closes its connections) when dropped.
@@ -70,14 +104,25 @@ impl Upstream {
     /// Starts an upstream named `name` on a free port of `127.0.0.1`. Every response carries
     /// `x-served-by: NAME` and the body `NAME\n`; by default it answers 200 at once.
     pub async fn start(name: &str) -> Upstream {
-        let listener = server::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-            .unwrap_or_else(|e| panic!("upstream {name}: cannot bind 127.0.0.1:0: {e}"));
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("upstream {name}: no local address: {e}"));
+        Upstream::start_with(name, UpstreamOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts an upstream named `name` as `opts` say. The error names the upstream and the
+    /// address it could not listen on.
+    pub async fn start_with(name: &str, opts: UpstreamOptions) -> io::Result<Upstream> {
+        let at = opts.addr;
+        let listener = server::bind(at).map_err(|e| {
+            io::Error::new(e.kind(), format!("upstream {name}: cannot bind {at}: {e}"))
+        })?;
+        let addr = listener.local_addr().map_err(|e| {
+            io::Error::new(e.kind(), format!("upstream {name}: no local address: {e}"))
+        })?;
         let handle = UpstreamHandle {
             state: Arc::new(State {
                 name: name.to_owned(),
+                control: opts.control,
                 body: Bytes::from(format!("{name}\n")),
                 delay: Mutex::new(Duration::ZERO),
                 status: AtomicU16::new(200),
@@ -89,11 +134,11 @@ impl Upstream {
         };
         let state = handle.state.clone();
         let server = Server::spawn(listener, move |req| serve(state.clone(), req));
-        Upstream {
+        Ok(Upstream {
             addr,
             handle,
             _server: server,
-        }
+        })
     }
 
     /// The address it listens on.
@@ -171,6 +216,16 @@ impl UpstreamHandle {
         self.state.status.store(status, Ordering::Relaxed);
     }
 
+    /// The latency currently added before each response.
+    pub fn delay(&self) -> Duration {
+        *lock(&self.state.delay)
+    }
+
+    /// The status of responses now.
+    pub fn status(&self) -> u16 {
+        self.state.status.load(Ordering::Relaxed)
+    }
+
     /// Requests received so far, including those still waiting out their delay and those whose
     /// client gave up.
     pub fn received(&self) -> u64 {
@@ -195,6 +250,9 @@ impl UpstreamHandle {
 }
 
 async fn serve(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if state.control && req.uri().path().starts_with(CONTROL_PREFIX) {
+        return control(&state, req).await;
+    }
     let arrived = Instant::now();
     state.received.fetch_add(1, Ordering::Relaxed);
     let delay = *lock(&state.delay);
@@ -238,6 +296,116 @@ async fn serve(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes
     headers.insert(SERVED_BY, served_by);
     lock(&state.held_us).add(arrived.elapsed().as_micros() as f64);
     state.served.fetch_add(1, Ordering::Relaxed);
+    response
+}
+
+/// The `shadowplane-upstream` program (this upstream in its own process), for tests of other
+/// packages, which cargo gives no path to another package's binaries: built with cargo on
+/// first use, into the target directory and profile of the running test. Panics with cargo's
+/// output when the build fails.
+pub fn upstream_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // A test runs as TARGET/PROFILE/deps/NAME-HASH (or TARGET/PROFILE/NAME for a binary).
+        let exe = std::env::current_exe().unwrap_or_else(|e| panic!("no test executable: {e}"));
+        let dir = exe.parent().unwrap_or(Path::new("."));
+        let profile_dir = if dir.file_name().is_some_and(|n| n == "deps") {
+            dir.parent().unwrap_or(dir)
+        } else {
+            dir
+        };
+        let target = profile_dir.parent().unwrap_or(profile_dir);
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev",
+            Some(other) => other,
+        };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = std::process::Command::new(&cargo)
+            .args(["build", "--quiet", "-p", "shadowplane-e2e"])
+            .args(["--bin", "shadowplane-upstream", "--profile", profile])
+            .arg("--target-dir")
+            .arg(target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", Path::new(&cargo).display()));
+        assert!(
+            out.status.success(),
+            "cargo build -p shadowplane-e2e --bin shadowplane-upstream failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bin = profile_dir.join("shadowplane-upstream");
+        assert!(bin.is_file(), "cargo built no {}", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// Answers a control request (see [`CONTROL_PREFIX`]).
+async fn control(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}"),
+            );
+        }
+    };
+    let what = &parts.uri.path()[CONTROL_PREFIX.len()..];
+    let value = || -> Result<u64, String> {
+        let s = std::str::from_utf8(&body).map_err(|_| "the body is not UTF-8".to_string())?;
+        s.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("\"{}\" is not a whole number", s.trim()))
+    };
+    match (&parts.method, what) {
+        (&Method::GET, "state") => {}
+        (&Method::PUT, "delay_ms") => match value() {
+            Ok(ms) => *lock(&state.delay) = Duration::from_millis(ms),
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("delay_ms: {e}")),
+        },
+        (&Method::PUT, "status") => match value() {
+            Ok(s) if (100..=999).contains(&s) => state.status.store(s as u16, Ordering::Relaxed),
+            Ok(s) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("status: {s} is not an HTTP status (100 to 999)"),
+                );
+            }
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("status: {e}")),
+        },
+        (m, w) => {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no control endpoint {m} {CONTROL_PREFIX}{w} (GET state, PUT delay_ms, \
+                     PUT status)"
+                ),
+            );
+        }
+    }
+    let json = serde_json::json!({
+        "name": state.name,
+        "delay_ms": lock(&state.delay).as_millis() as u64,
+        "status": state.status.load(Ordering::Relaxed),
+        "received": state.received.load(Ordering::Relaxed),
+        "served": state.served.load(Ordering::Relaxed),
+    });
+    let mut response = Response::new(Full::new(Bytes::from(json.to_string())));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn text(status: StatusCode, message: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(message + "\n")));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     response
 }
 
@@ -340,6 +508,106 @@ mod tests {
         assert_eq!(resp.version(), Version::HTTP_2);
         assert_eq!(resp.headers()[SERVED_BY], "h2");
         assert_eq!(up.requests()[0].version, Version::HTTP_2);
+    }
+
+    #[tokio::test]
+    async fn control_endpoints_change_it_over_http_when_enabled() {
+        let opts = UpstreamOptions {
+            control: true,
+            ..UpstreamOptions::default()
+        };
+        let up = Upstream::start_with("remote", opts).await.unwrap();
+        let client = Client::new();
+        let put = |what: &str, body: &'static str| {
+            let url = up.url(&format!("{CONTROL_PREFIX}{what}"));
+            let client = client.clone();
+            async move {
+                client
+                    .request(Method::PUT, &url, &[], Bytes::from(body))
+                    .await
+                    .unwrap()
+            }
+        };
+        let (status, _, body) = put("status", "503").await;
+        assert_eq!(status, 200, "{body:?}");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["status"], 503);
+        assert_eq!(v["name"], "remote");
+        assert_eq!(up.handle().status(), 503);
+        assert_eq!(client.get(&up.url("/"), &[]).await.unwrap().0, 503);
+
+        let (status, _, _) = put("delay_ms", "150\n").await;
+        assert_eq!(status, 200);
+        assert_eq!(up.handle().delay(), Duration::from_millis(150));
+        let started = Instant::now();
+        client.get(&up.url("/"), &[]).await.unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(150));
+
+        let (status, _, body) = put("status", "42").await;
+        assert_eq!(status, 400);
+        assert_eq!(
+            &body[..],
+            b"status: 42 is not an HTTP status (100 to 999)\n"
+        );
+        let (status, _, body) = put("delay_ms", "soon").await;
+        assert_eq!(status, 400);
+        assert_eq!(&body[..], b"delay_ms: \"soon\" is not a whole number\n");
+        assert_eq!(up.handle().status(), 503, "a bad body changes nothing");
+        let (status, _, _) = put("colour", "red").await;
+        assert_eq!(status, 404);
+
+        // Control requests are not traffic.
+        let (status, _, body) = client.get(&up.url("/_control/state"), &[]).await.unwrap();
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (v["received"].as_u64(), v["served"].as_u64()),
+            (Some(2), Some(2))
+        );
+        assert_eq!(v["delay_ms"], 150);
+        assert_eq!(up.requests().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn control_paths_are_ordinary_traffic_by_default() {
+        let up = Upstream::start("plain").await;
+        let client = Client::new();
+        let (status, headers, _) = client
+            .request(
+                Method::PUT,
+                &up.url("/_control/status"),
+                &[],
+                Bytes::from("503"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(headers[SERVED_BY], "plain");
+        assert_eq!(up.handle().status(), 200);
+        assert_eq!(up.served(), 1);
+    }
+
+    #[tokio::test]
+    async fn start_with_listens_where_asked_and_names_a_taken_address() {
+        let first = Upstream::start("first").await;
+        let opts = UpstreamOptions {
+            addr: first.addr(),
+            ..UpstreamOptions::default()
+        };
+        // SO_REUSEADDR does not let two listeners share a port.
+        let e = Upstream::start_with("second", opts).await.err().unwrap();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("upstream second: cannot bind {}: ", first.addr())),
+            "{e}"
+        );
+        let port = crate::control_plane::free_port();
+        let opts = UpstreamOptions {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            ..UpstreamOptions::default()
+        };
+        let up = Upstream::start_with("third", opts).await.unwrap();
+        assert_eq!(up.port(), port);
     }
 
     #[tokio::test]
