@@ -8,9 +8,10 @@
 //! The score ranks points across series: it is the tail probability of the deviation among the
 //! series' own past deviations (an exponential tail fitted beyond the 95th percentile), so a
 //! spiky series is not scored like a smooth one. A sustained deviation is scored the same way
-//! on its mean over `sustained` points. Within an episode (`episode` points) only a deviation
-//! rarer than the episode's rarest so far scores high: the first alarm says it, the rest of the
-//! same event does not repeat it.
+//! on its mean over `sustained` points and over `sustained_long` points (a denser run of spikes
+//! or a new regime, which no single point shows). Within an episode (`episode` points) only a
+//! deviation rarer than the episode's rarest so far scores high: the first alarm says it, the
+//! rest of the same event does not repeat it.
 
 use std::collections::VecDeque;
 
@@ -52,7 +53,12 @@ pub struct DetectorParams {
     /// Points whose mean deviation is scored too, for shifts too small for one point. 0 = off.
     /// Default 20.
     pub sustained: usize,
-    /// Deviations are clipped at this before the mean. Default 6.
+    /// A second, longer window whose mean deviation is scored the same way, for a rise in the
+    /// rate of spikes or a change of regime that 20 points cannot tell from noise. 0 = off.
+    /// Default 144 (half a day at 5 minutes).
+    pub sustained_long: usize,
+    /// Deviations are clipped at this before the means, so one huge spike does not make a
+    /// sustained deviation by itself. Default 10.
     pub sustained_clip: f64,
 }
 
@@ -71,7 +77,8 @@ impl Default for DetectorParams {
             episode_weight: 1.0,
             score_half: 1e-4,
             sustained: 20,
-            sustained_clip: 6.0,
+            sustained_long: 144,
+            sustained_clip: 10.0,
         }
     }
 }
@@ -168,11 +175,8 @@ pub struct Detector {
     history: RollingQuantiles,
     /// Log tail probabilities of the last `episode` points, newest last.
     episode: VecDeque<f64>,
-    /// The last `sustained` clipped absolute deviations and their sum.
-    short: VecDeque<f64>,
-    short_sum: f64,
-    /// Past means of `short`, for the sustained deviation's tail probability.
-    short_history: RollingQuantiles,
+    /// The sustained deviations over `sustained` and `sustained_long` points.
+    sustained: Vec<Sustained>,
 }
 
 impl Detector {
@@ -186,9 +190,11 @@ impl Detector {
             residuals: VecDeque::with_capacity(params.params.persistence_window),
             history: RollingQuantiles::new(params.params.score_window),
             episode: VecDeque::with_capacity(params.params.episode),
-            short: VecDeque::with_capacity(params.params.sustained),
-            short_sum: 0.0,
-            short_history: RollingQuantiles::new(params.params.score_window),
+            sustained: [params.params.sustained, params.params.sustained_long]
+                .into_iter()
+                .filter(|&n| n > 0)
+                .map(|n| Sustained::new(n, params.params.score_window))
+                .collect(),
             params: params.params,
         }
     }
@@ -235,23 +241,10 @@ impl Detector {
             0.0
         };
         self.history.push(z.abs());
-        let sustained = self.params.sustained;
-        if sustained > 0 {
-            if self.short.len() == sustained
-                && let Some(old) = self.short.pop_front()
-            {
-                self.short_sum -= old;
-            }
-            let clipped = z.abs().min(self.params.sustained_clip);
-            self.short.push_back(clipped);
-            self.short_sum += clipped;
-            if self.short.len() == sustained {
-                let m = self.short_sum / sustained as f64;
-                if self.short_history.len() >= self.params.score_min {
-                    let ln_s = self.short_history.ln_exceedance(m, self.params.score_tail);
-                    ln_p = ln_p.min(ln_s);
-                }
-                self.short_history.push(m);
+        let clipped = z.abs().min(self.params.sustained_clip);
+        for s in &mut self.sustained {
+            if let Some(ln_s) = s.push(clipped, self.params.score_min, self.params.score_tail) {
+                ln_p = ln_p.min(ln_s);
             }
         }
         // an anomaly already reported in the recent past makes a similar one no news: the
@@ -299,6 +292,45 @@ impl Detector {
     }
 }
 
+/// The mean clipped deviation over the last `len` points and the history of that mean.
+#[derive(Debug, Clone)]
+struct Sustained {
+    len: usize,
+    window: VecDeque<f64>,
+    sum: f64,
+    history: RollingQuantiles,
+}
+
+impl Sustained {
+    fn new(len: usize, history: usize) -> Self {
+        Sustained {
+            len,
+            window: VecDeque::with_capacity(len),
+            sum: 0.0,
+            history: RollingQuantiles::new(history),
+        }
+    }
+
+    /// Takes in a clipped deviation; the log tail probability of the new mean among the past
+    /// means (fitted beyond the `1 - tail` quantile) once `min` of them are held.
+    fn push(&mut self, clipped: f64, min: usize, tail: f64) -> Option<f64> {
+        if self.window.len() == self.len
+            && let Some(old) = self.window.pop_front()
+        {
+            self.sum -= old;
+        }
+        self.window.push_back(clipped);
+        self.sum += clipped;
+        if self.window.len() < self.len {
+            return None;
+        }
+        let m = self.sum / self.len as f64;
+        let out = (self.history.len() >= min).then(|| self.history.ln_exceedance(m, tail));
+        self.history.push(m);
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,7 +338,11 @@ mod tests {
 
     /// A daily pattern at 5 minutes with deterministic noise, plus `extra(i)`.
     fn run(n: usize, extra: impl Fn(usize) -> f64) -> Vec<Verdict> {
-        let mut d = Detector::new(DetectorParams::default().check().unwrap(), 0);
+        run_with(DetectorParams::default(), n, extra)
+    }
+
+    fn run_with(params: DetectorParams, n: usize, extra: impl Fn(usize) -> f64) -> Vec<Verdict> {
+        let mut d = Detector::new(params.check().unwrap(), 0);
         let mut s: u64 = 3;
         (0..n)
             .map(|i| {
@@ -375,6 +411,32 @@ mod tests {
         });
         assert!(v[1000].severity <= 1.0 / 6.0 + 1e-9, "{:?}", v[1000]);
         assert!(v[1202].severity >= 3.0 / 6.0 - 1e-9, "{:?}", v[1202]);
+    }
+
+    #[test]
+    fn a_denser_run_of_familiar_spikes_is_scored_by_the_long_window() {
+        // a spike every 60 points, then one every 12 from 2000: no single spike is new
+        let spikes = |i: usize| {
+            let every = if i >= 2000 { 12 } else { 60 };
+            if i.is_multiple_of(every) { 25.0 } else { 0.0 }
+        };
+        let peak = |v: &[Verdict]| v[2000..2150].iter().map(|x| x.score).fold(0.0, f64::max);
+        let with = run_with(DetectorParams::default(), 2150, spikes);
+        let without = run_with(
+            DetectorParams {
+                sustained_long: 0,
+                ..Default::default()
+            },
+            2150,
+            spikes,
+        );
+        let before = with[1500..1990].iter().map(|x| x.score).fold(0.0, f64::max);
+        assert!(
+            peak(&with) > before && peak(&with) > peak(&without) + 0.05,
+            "dense {} vs before {before}, without the long window {}",
+            peak(&with),
+            peak(&without)
+        );
     }
 
     #[test]
