@@ -39,11 +39,19 @@ pub fn run(root: &Path, name: &str) -> Result<()> {
     }
 }
 
-/// The data directory: `SHADOWPLANE_NAB_DATA`, else `../shared/data/nab` from the workspace.
+/// The data directory: `SHADOWPLANE_NAB_DATA`, else `../shared/data/nab` from the workspace,
+/// else the copy in crates/model/testdata/nab (a clone without the shared folder beside it).
 fn data_dir(root: &Path) -> PathBuf {
     std::env::var_os("SHADOWPLANE_NAB_DATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("../shared/data/nab"))
+        .unwrap_or_else(|| {
+            let shared = root.join("../shared/data/nab");
+            if shared.is_dir() {
+                shared
+            } else {
+                root.join("crates/model/testdata/nab")
+            }
+        })
 }
 
 #[derive(Serialize)]

@@ -888,12 +888,13 @@ mod tests {
         );
     }
 
-    /// Every series of the shared NAB data (`SHADOWPLANE_NAB_DATA`, else `../shared/data/nab`).
+    /// Every series of the shared NAB data: `SHADOWPLANE_NAB_DATA`, else the crate's copy in
+    /// `testdata/nab` (so the test runs from any clone).
     fn shared_series() -> Vec<(String, Vec<Time>, Vec<f64>)> {
         let dir = std::env::var_os("SHADOWPLANE_NAB_DATA")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| {
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/nab")
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/nab")
             });
         let mut out = Vec::new();
         for category in [
