@@ -67,13 +67,12 @@ fn full_fit(c: &mut Criterion) {
     });
 }
 
-/// The shared NAB series (`SHADOWPLANE_NAB_DATA`, else `../shared/data/nab`), parsed up front.
+/// The NAB series (`SHADOWPLANE_NAB_DATA`, else the crate's copy in `testdata/nab`), parsed up
+/// front.
 fn nab_series() -> Vec<(Vec<i64>, Vec<f64>)> {
     let dir = std::env::var_os("SHADOWPLANE_NAB_DATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/nab")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/nab"));
     let mut out = Vec::new();
     for category in [
         "artificialNoAnomaly",
