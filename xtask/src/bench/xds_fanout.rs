@@ -117,6 +117,9 @@ const CONFIG: &str = r#"# Written by `cargo xtask bench xds-fanout`.
 node_cluster: shadowplane
 xds: {address: "127.0.0.1:{{XDS_PORT}}"}
 admin: {address: "127.0.0.1:{{ADMIN_PORT}}"}
+# A fresh store per setting: the server keeps weights set by hand across restarts, and every
+# setting must start from the weights above.
+store: {path: {{STORE}}}
 listeners:
   - {name: ingress, address: "127.0.0.1:10000"}
 services:
@@ -316,6 +319,18 @@ fn measure(bins: &Bins, work: &Path, mode: &'static str, clients: usize) -> Resu
             "{{WASM}}",
             &serde_json::to_string(wasm).context("wasm path")?,
         );
+    let store = work.join(format!("{mode}-{clients}.redb"));
+    if store.exists() {
+        fs::remove_file(&store)
+            .with_context(|| format!("could not remove the old {}", store.display()))?;
+    }
+    let store = store
+        .to_str()
+        .with_context(|| format!("{} is not UTF-8", store.display()))?;
+    let text = text.replace(
+        "{{STORE}}",
+        &serde_json::to_string(store).context("store path")?,
+    );
     fs::write(&config, text).with_context(|| format!("could not write {}", config.display()))?;
     let log = work.join(format!("{mode}-{clients}.server.log"));
     let log_file =
