@@ -83,6 +83,38 @@ impl Stack {
         }
     }
 
+    /// Rewrites the control plane's file with an extra listener on a port another socket
+    /// holds: valid to the control plane, which cannot know, rejected by Envoy when it binds.
+    /// Keep the returned socket alive while the NACK matters.
+    fn write_config_with_a_busy_listener(&self) -> (StdListener, u16) {
+        let squatter = StdListener::bind("127.0.0.1:0").unwrap();
+        let busy = squatter.local_addr().unwrap().port();
+        let (pp, sp) = (self.primary.port(), self.shadow.port());
+        std::fs::write(
+            self.cp.config_path(),
+            config(self.cp.xds_port, self.cp.admin_port, pp, sp, Some(busy)),
+        )
+        .unwrap();
+        (squatter, busy)
+    }
+
+    /// Waits until `node` shows NACKED while back on `version`; returns its status entry.
+    async fn wait_nacked_on(&self, node: &str, version: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.cp.node(node).await.unwrap();
+            if v["state"] == "NACKED" && v["target_version"] == version {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{node}: no NACK and rollback to {version}: {v}\n{}",
+                self.cp.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     fn envoy(&self, node: &str) -> &Envoy {
         &self.envoys.iter().find(|(n, _)| n == node).unwrap().1
     }
@@ -411,16 +443,7 @@ async fn a_nacked_resource_rolls_the_group_back_and_traffic_is_unaffected() {
             .await
     );
 
-    // A listener on a port something else holds: valid to the control plane, which cannot know,
-    // rejected by Envoy when it tries to bind.
-    let squatter = StdListener::bind("127.0.0.1:0").unwrap();
-    let busy = squatter.local_addr().unwrap().port();
-    let (pp, sp) = (stack.primary.port(), stack.shadow.port());
-    std::fs::write(
-        stack.cp.config_path(),
-        config(stack.cp.xds_port, stack.cp.admin_port, pp, sp, Some(busy)),
-    )
-    .unwrap();
+    let (squatter, busy) = stack.write_config_with_a_busy_listener();
     let background =
         BackgroundLoad::start(&stack.urls("/background").await, 2, Duration::from_secs(60));
     let (status, answer) = stack.cp.reload(&[]).await.unwrap();
@@ -430,19 +453,7 @@ async fn a_nacked_resource_rolls_the_group_back_and_traffic_is_unaffected() {
     // Both Envoys fail to bind; the group goes back to the last snapshot they ACKed and each
     // node shows the NACK with Envoy's message.
     for n in both {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let node = loop {
-            let v = stack.cp.node(n).await.unwrap();
-            if v["state"] == "NACKED" && v["target_version"] == good.as_str() {
-                break v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{n}: no NACK and rollback: {v}\n{}",
-                stack.cp.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let node = stack.wait_nacked_on(n, &good).await;
         let error = node["error"].as_str().unwrap_or("");
         assert!(
             error.contains("cannot bind") && error.contains(&busy.to_string()),
@@ -542,14 +553,7 @@ async fn a_canary_node_gets_the_snapshot_first_and_its_nack_keeps_the_others_on_
     );
 
     // A bad snapshot to the canary: its NACK keeps the rest on the old one.
-    let squatter = StdListener::bind("127.0.0.1:0").unwrap();
-    let busy = squatter.local_addr().unwrap().port();
-    let (pp, sp) = (stack.primary.port(), stack.shadow.port());
-    std::fs::write(
-        stack.cp.config_path(),
-        config(stack.cp.xds_port, stack.cp.admin_port, pp, sp, Some(busy)),
-    )
-    .unwrap();
+    let (squatter, _) = stack.write_config_with_a_busy_listener();
     let since = stack
         .cp
         .events(0)
@@ -560,18 +564,7 @@ async fn a_canary_node_gets_the_snapshot_first_and_its_nack_keeps_the_others_on_
     let (status, answer) = stack.cp.reload(&["envoy-canary"]).await.unwrap();
     assert_eq!(status, 200, "{answer}");
     let bad = answer["version"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let n = stack.cp.node("envoy-canary").await.unwrap();
-        if n["state"] == "NACKED" && n["target_version"] == v.as_str() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "canary did not NACK and roll back: {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stack.wait_nacked_on("envoy-canary", &v).await;
     // Give a wrong promotion time to happen, then check the rest never saw the bad version.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rest = stack.cp.node("envoy-rest").await.unwrap();
