@@ -21,7 +21,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -34,6 +34,8 @@ use crate::store::Ingested;
 
 /// Largest request body accepted (a telemetry report of 32 clusters is a few KB).
 pub const MAX_BODY: usize = 1 << 20;
+/// How much of a too-large body is read (and dropped) so its sender still gets the 413.
+const MAX_DRAIN: usize = 16 << 20;
 
 /// Serves the admin API on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, cp: Arc<ControlPlane>) {
@@ -98,19 +100,30 @@ struct ReloadBody {
 }
 
 async fn body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
-    Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                ApiError::TooLarge(format!("the body is over {MAX_BODY} bytes"))
-            } else {
-                ApiError::BadRequest(format!("cannot read the body: {e}"))
+    // Past MAX_BODY nothing is kept, but the rest is still read (up to MAX_DRAIN): answering
+    // 413 while the client is still sending would reset the connection under it, and it would
+    // see a transport error instead of the status.
+    let mut body = req.into_body();
+    let mut kept = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= MAX_BODY {
+                kept.extend_from_slice(&data);
+            } else if seen > MAX_DRAIN {
+                break;
             }
-        })
+        }
+    }
+    if seen > MAX_BODY {
+        return Err(ApiError::TooLarge(format!(
+            "the body is over {MAX_BODY} bytes"
+        )));
+    }
+    Ok(kept.freeze())
 }
 
 fn json_body<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
