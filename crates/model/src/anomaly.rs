@@ -11,13 +11,19 @@
 //! on its mean over `sustained` points and over `sustained_long` points (a denser run of spikes
 //! or a new regime, which no single point shows). Within an episode (`episode` points) only a
 //! deviation rarer than the episode's rarest so far scores high: the first alarm says it, the
-//! rest of the same event does not repeat it.
+//! rest of the same event does not repeat it. A seasonal memory does the same across days: a
+//! point is scored relative to the rarest point near the same time of day on each of the last
+//! `seasonal_days` days, so a spike that comes back every day (and the hole a day after an
+//! anomaly, where the daily lags expected it again) is no news.
+//!
+//! Until the forecaster's deviations can be scored, a naive stand-in (the previous value, with
+//! a robust spread) scores the points, so a short series is not blind for its first day.
 
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use crate::forecast::{Forecast, Forecaster, ForecasterParams, ValidForecasterParams};
+use crate::forecast::{Forecaster, ForecasterParams, ValidForecasterParams};
 use crate::stats::{RollingQuantiles, normal_multiplier};
 use crate::{Result, Time, ensure};
 
@@ -60,6 +66,19 @@ pub struct DetectorParams {
     /// Deviations are clipped at this before the means, so one huge spike does not make a
     /// sustained deviation by itself. Default 10.
     pub sustained_clip: f64,
+    /// Days the seasonal memory looks back on: a point is scored relative to the rarest
+    /// point near the same time of day when each of those days had one (the mildest of the
+    /// days' rarest), so a spike that recurs daily, and the echo of yesterday's anomaly
+    /// through the daily lags, is no news. 0 = off. Default 2.
+    pub seasonal_days: usize,
+    /// Points either side of the same time of day the seasonal memory looks at, for a
+    /// recurring spike that comes a little early or late. Default 4.
+    pub seasonal_slack: usize,
+    /// One-step errors the naive stand-in needs before it scores. Until the forecaster's
+    /// deviations can be scored (`score_min` of them after its warm-up), the previous value
+    /// stands in as the forecast, with a spread from the median of those errors, so a short
+    /// series is scored from early on. 0 = off. Default 30.
+    pub early_min: usize,
 }
 
 impl Default for DetectorParams {
@@ -79,6 +98,9 @@ impl Default for DetectorParams {
             sustained: 20,
             sustained_long: 144,
             sustained_clip: 10.0,
+            seasonal_days: 2,
+            seasonal_slack: 4,
+            early_min: 30,
         }
     }
 }
@@ -177,6 +199,10 @@ pub struct Detector {
     episode: VecDeque<f64>,
     /// The sustained deviations over `sustained` and `sustained_long` points.
     sustained: Vec<Sustained>,
+    /// Log tail probabilities of the last `seasonal_days` days (and the slack), newest last.
+    seasonal: VecDeque<f64>,
+    /// The stand-in forecast before the forecaster's warm-up; dropped once it is ready.
+    early: Option<Early>,
 }
 
 impl Detector {
@@ -195,13 +221,21 @@ impl Detector {
                 .filter(|&n| n > 0)
                 .map(|n| Sustained::new(n, params.params.score_window))
                 .collect(),
+            seasonal: VecDeque::new(),
+            early: (params.params.early_min > 0).then(|| Early::new(params.params.early_min)),
             params: params.params,
         }
     }
 
-    /// Points before the first score above 0.
+    /// Points before the first score above 0: those the stand-in needs (`early_min` errors
+    /// after the first point), else the forecaster's warm-up.
     pub fn warmup(&self) -> usize {
-        self.forecaster.warmup()
+        let forecaster = self.forecaster.warmup();
+        if self.params.early_min > 0 {
+            (self.params.early_min + 1).min(forecaster)
+        } else {
+            forecaster
+        }
     }
 
     /// The forecaster inside.
@@ -224,51 +258,86 @@ impl Detector {
             severity: 0.0,
             rebaselined: false,
         };
-        let Forecast::Ready(p) = forecast else {
+        let warm = self.history.len() >= self.params.score_min;
+        // until the forecaster's deviations can be scored, a rolling median stands in
+        let stand_in = match &mut self.early {
+            Some(e) if !warm => e.next(value),
+            _ => None,
+        };
+        if warm {
+            self.early = None;
+        }
+        let main = forecast
+            .ready()
+            .map(|p| (p.mean, self.spread(p.mean, p.half_width())));
+        let Some((mean, spread)) = stand_in.or(main) else {
             return Ok(verdict);
         };
-        let floor = 1e-9 * (1.0 + p.mean.abs());
-        let spread = (p.half_width() / self.multiplier).max(floor);
-        let residual = value - p.mean;
-        let z = residual / spread;
-        let t = self.params.threshold;
-        verdict.expected = Some(p.mean);
-        verdict.spread = Some(spread);
-        verdict.deviation = z;
-        let mut ln_p = if self.history.len() >= self.params.score_min {
-            self.history.ln_exceedance(z.abs(), self.params.score_tail)
-        } else {
-            0.0
-        };
-        self.history.push(z.abs());
-        let clipped = z.abs().min(self.params.sustained_clip);
-        for s in &mut self.sustained {
-            if let Some(ln_s) = s.push(clipped, self.params.score_min, self.params.score_tail) {
-                ln_p = ln_p.min(ln_s);
+        let mut ln_p = 0.0;
+        let mut memory = None;
+        if let Some((m, s)) = main {
+            let z = (value - m) / s;
+            // before `score_min` deviations the point is not scored, but the seasonal memory
+            // still learns how rare it looked, so tomorrow's repeat of it is no news
+            let point = self.history.ln_exceedance(z.abs(), self.params.score_tail);
+            if warm {
+                ln_p = point;
+            } else {
+                memory = Some(point);
+            }
+            self.history.push(z.abs());
+            let clipped = z.abs().min(self.params.sustained_clip);
+            for s in &mut self.sustained {
+                if let Some(ln_s) = s.push(clipped, self.params.score_min, self.params.score_tail) {
+                    ln_p = ln_p.min(ln_s);
+                }
             }
         }
+        let z = (value - mean) / spread;
+        if stand_in.is_some() {
+            // the stand-in has no history of its own deviations to rank them against: the
+            // normal tail, to leading order, of a deviation in robust sigmas
+            ln_p = -z * z / 2.0;
+        }
+        verdict.expected = Some(mean);
+        verdict.spread = Some(spread);
+        verdict.deviation = z;
+        verdict.anomalous = z.abs() >= self.params.threshold;
         // an anomaly already reported in the recent past makes a similar one no news: the
         // probability is taken relative to the most extreme point of the episode
-        let recent_min = self.episode.iter().copied().fold(0.0, f64::min);
+        let recent_min =
+            self.episode.iter().copied().fold(0.0, f64::min) * self.params.episode_weight;
+        let seasonal_min = self.seasonal_min(memory.unwrap_or(ln_p));
         if self.episode.len() == self.params.episode {
             self.episode.pop_front();
         }
         if self.params.episode > 0 {
             self.episode.push_back(ln_p);
         }
-        let surprise = -(ln_p - self.params.episode_weight * recent_min).min(0.0);
+        let surprise = -(ln_p - recent_min.min(seasonal_min)).min(0.0);
         // monotone in the probability, 0.5 at `score_half`, and never saturating at 1, so
         // the most extreme points keep their order
         let half = -self.params.score_half.ln();
         verdict.score = surprise / (surprise + half);
-        verdict.anomalous = z.abs() >= t;
+        // persistence and re-baselining follow the forecaster only
+        if let Some((m, s)) = main {
+            self.persist(value - m, (value - m) / s, &mut verdict);
+        }
+        Ok(verdict)
+    }
+}
+
+impl Detector {
+    /// Counts the point towards persistence and re-baselines the forecaster when the recent
+    /// anomalous points confirm a level shift.
+    fn persist(&mut self, residual: f64, z: f64, verdict: &mut Verdict) {
         let w = self.params.persistence_window;
         if self.recent.len() == w {
             self.recent.pop_front();
             self.residuals.pop_front();
         }
-        self.recent
-            .push_back(if verdict.anomalous { z } else { 0.0 });
+        let anomalous = z.abs() >= self.params.threshold;
+        self.recent.push_back(if anomalous { z } else { 0.0 });
         self.residuals.push_back(residual);
         let up = self.recent.iter().filter(|&&d| d > 0.0).count();
         let down = self.recent.iter().filter(|&&d| d < 0.0).count();
@@ -288,7 +357,77 @@ impl Detector {
             self.residuals.clear();
             verdict.rebaselined = true;
         }
-        Ok(verdict)
+    }
+
+    /// One sigma from an interval's half-width, floored so a perfect fit does not divide by 0.
+    fn spread(&self, mean: f64, half: f64) -> f64 {
+        (half / self.multiplier).max(1e-9 * (1.0 + mean.abs()))
+    }
+
+    /// The seasonal memory's reference for a point: on each of the last `seasonal_days` days
+    /// held, the rarest log probability within `seasonal_slack` points of this time of day,
+    /// and of those the mildest, so only what came back every day counts (0 before a day is
+    /// held). Then takes `ln_p` in.
+    fn seasonal_min(&mut self, ln_p: f64) -> f64 {
+        let (days, slack) = (self.params.seasonal_days, self.params.seasonal_slack);
+        let Some(day) = self.forecaster.cadence().and_then(|c| c.per_day()) else {
+            return 0.0;
+        };
+        if days == 0 {
+            return 0.0;
+        }
+        let n = self.seasonal.len();
+        let mut reference: Option<f64> = None;
+        for lag in (1..=days).map(|d| d * day).take_while(|&lag| lag <= n) {
+            let centre = n - lag;
+            let rarest = self
+                .seasonal
+                .range(centre.saturating_sub(slack)..=(centre + slack).min(n - 1))
+                .fold(0.0, |a: f64, &b| a.min(b));
+            reference = Some(reference.map_or(rarest, |r| r.max(rarest)));
+        }
+        if n == days * day + slack {
+            self.seasonal.pop_front();
+        }
+        self.seasonal.push_back(ln_p);
+        reference.unwrap_or(0.0)
+    }
+}
+
+/// The naive stand-in forecast: the previous value, with one sigma estimated robustly from
+/// the median of its recent absolute errors (so an early burst barely widens it).
+#[derive(Debug, Clone)]
+struct Early {
+    last: Option<f64>,
+    errors: RollingQuantiles,
+    min: usize,
+}
+
+impl Early {
+    fn new(min: usize) -> Self {
+        Early {
+            last: None,
+            errors: RollingQuantiles::new(4 * min),
+            min,
+        }
+    }
+
+    /// The forecast for `value` and its sigma, made before it, once `min` errors are held;
+    /// then takes it in.
+    fn next(&mut self, value: f64) -> Option<(f64, f64)> {
+        let mut out = None;
+        if let Some(last) = self.last {
+            if self.errors.len() >= self.min {
+                // the median absolute error over 0.6745 estimates a normal sigma
+                out = self.errors.quantile(0.5).map(|mad| {
+                    let floor = 1e-9 * (1.0 + last.abs());
+                    (last, (mad / 0.674_5).max(floor))
+                });
+            }
+            self.errors.push((value - last).abs());
+        }
+        self.last = Some(value);
+        out
     }
 }
 
@@ -376,7 +515,23 @@ mod tests {
     fn nothing_is_scored_during_the_warmup() {
         let d = Detector::new(DetectorParams::default().check().unwrap(), 0);
         let warmup = d.warmup();
-        let v = run(warmup + 50, |_| 0.0);
+        assert!(
+            warmup < d.forecaster().warmup(),
+            "the stand-in scores early"
+        );
+        let v = run(warmup + 50, |i| if i == warmup + 20 { 25.0 } else { 0.0 });
+        assert!(v[..warmup].iter().all(|x| x.score == 0.0));
+        assert!(v[warmup..].iter().all(|x| x.expected.is_some()));
+        assert!(v[warmup + 20].score > 0.5, "{:?}", v[warmup + 20]);
+        // without the stand-in, nothing is forecast before the forecaster's warm-up
+        let params = DetectorParams {
+            early_min: 0,
+            ..Default::default()
+        };
+        let d = Detector::new(params.clone().check().unwrap(), 0);
+        let warmup = d.warmup();
+        assert_eq!(warmup, d.forecaster().warmup());
+        let v = run_with(params, warmup + 50, |_| 0.0);
         assert!(
             v[..warmup - 60]
                 .iter()
@@ -437,6 +592,58 @@ mod tests {
             peak(&with),
             peak(&without)
         );
+    }
+
+    #[test]
+    fn a_spike_that_recurs_daily_is_no_news_and_neither_is_its_echo() {
+        // a spike near 02:00 every day, a few points early or late
+        let jitter = [0, 2, -1, 1, -2, 1, 0];
+        let recurring = |i: usize| {
+            let day = i / 288;
+            let at = (24 + jitter[day % jitter.len()]) as usize;
+            if i % 288 == at { 25.0 } else { 0.0 }
+        };
+        let peak = |v: &[Verdict], from: usize| {
+            v[from..from + 288]
+                .iter()
+                .map(|x| x.score)
+                .fold(0.0, f64::max)
+        };
+        let with = run(288 * 7, recurring);
+        let without = run_with(
+            DetectorParams {
+                seasonal_days: 0,
+                ..Default::default()
+            },
+            288 * 7,
+            recurring,
+        );
+        // from the third day on, the recurring spike (and the hole a day after each, where
+        // the daily lags expected it) scores far lower than without the memory
+        // the first one is news; from then on the memory only ever lowers the score, and
+        // most days the repeat (and the hole a day after it, where the daily lags expected
+        // it) no longer alarms
+        assert!(with[288 + 26].score > 0.5, "{:?}", with[288 + 26]);
+        let alarms = |v: &[Verdict]| (2..7).filter(|&d| peak(v, 288 * d) > 0.15).count();
+        for day in 2..7 {
+            let (w, wo) = (peak(&with, 288 * day), peak(&without, 288 * day));
+            assert!(w <= wo + 1e-9, "day {day}: {w} with, {wo} without");
+        }
+        assert!(
+            alarms(&with) <= 2 && alarms(&without) >= alarms(&with) + 2,
+            "{} days alarm with the memory, {} without",
+            alarms(&with),
+            alarms(&without)
+        );
+        // a new spike at another time of day still stands out: the day's top score
+        let new = 288 * 6 + 150;
+        let v = run(288 * 7, |i| {
+            recurring(i) + if i == new { 25.0 } else { 0.0 }
+        });
+        let top = (288 * 6..288 * 7)
+            .max_by(|&a, &b| v[a].score.total_cmp(&v[b].score))
+            .unwrap();
+        assert!(top == new && v[new].score > 0.3, "{:?}", v[new]);
     }
 
     #[test]
