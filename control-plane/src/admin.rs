@@ -7,6 +7,8 @@
 //! | GET | `/v1/status` | per node group, per node: SYNCED, STALE or NACKED (with the error) |
 //! | GET | `/v1/services` | services, groups, roles and weights |
 //! | PUT | `/v1/services/NAME/weights` | `{"weights": {"primary": 90, "shadow": 10}, "canary": ["node"]}` |
+//! | GET | `/v1/lifecycle` | every managed service: phase, step, weights, groups, forecasts, anomalies, last decision |
+//! | POST | `/v1/services/NAME/lifecycle/OP` | OP = `pause`, `resume`, `abort` (back to the primary), `promote` (next step now) |
 //! | POST | `/v1/reload` | re-read the file; body optional: `{"canary": ["node"]}` |
 //! | GET | `/v1/events?since=N` | xDS events (ACK, NACK, rollback, canary promotion, sync) |
 //! | GET | `/v1/snapshot` | the resources served, rendered as text |
@@ -146,6 +148,19 @@ async fn handle(cp: Arc<ControlPlane>, req: Request<Incoming>) -> Response<Full<
                         .set_weights(&name, &b.weights, b.canary)
                         .map(|v| reply(StatusCode::OK, json!({"version": v}))),
                     Err(e) => Err(e),
+                }
+            }
+            (Method::GET, ["v1", "lifecycle"]) => Ok(reply(StatusCode::OK, cp.lifecycle_views())),
+            (Method::POST, ["v1", "services", name, "lifecycle", op]) => {
+                let name = name.to_string();
+                match serde_json::from_value::<crate::engine::Op>(json!(op)) {
+                    Ok(op) => cp
+                        .command(&name, op)
+                        .await
+                        .map(|v| reply(StatusCode::OK, v)),
+                    Err(_) => Err(ApiError::NotFound(format!(
+                        "\"{op}\" is not a lifecycle operation (pause, resume, abort, promote)"
+                    ))),
                 }
             }
             (Method::POST, ["v1", "reload"]) => match body(req).await {

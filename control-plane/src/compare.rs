@@ -10,7 +10,8 @@
 use shadowplane_wire::ClusterStats;
 
 /// When the shadow counts as worse.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ComparePolicy {
     /// Significance level of each one-sided test. Default: 0.01.
     pub alpha: f64,
@@ -32,6 +33,31 @@ impl Default for ComparePolicy {
             error_tolerance: 0.005,
             min_requests: 100,
         }
+    }
+}
+
+impl ComparePolicy {
+    /// Checks the policy; the error names the field.
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.alpha > 0.0 && self.alpha < 0.5) {
+            return Err(format!("alpha: {} is not between 0 and 0.5", self.alpha));
+        }
+        if !(self.latency_tolerance.is_finite() && self.latency_tolerance >= 0.0) {
+            return Err(format!(
+                "latency_tolerance: {} is not a fraction of 0 or more",
+                self.latency_tolerance
+            ));
+        }
+        if !(0.0..1.0).contains(&self.error_tolerance) {
+            return Err(format!(
+                "error_tolerance: {} is not between 0 and 1",
+                self.error_tolerance
+            ));
+        }
+        if self.min_requests == 0 {
+            return Err("min_requests: must be above 0".into());
+        }
+        Ok(())
     }
 }
 

@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use shadowplane_wire::{RoutingMode, SessionKey};
+
+use crate::compare::ComparePolicy;
+use crate::lifecycle;
+use crate::provision::{GroupSpec, RecordedConfig, Variant};
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
 
@@ -130,11 +134,75 @@ pub struct ServiceConfig {
     #[serde(default)]
     pub prefixes: Option<Vec<String>>,
     /// The resource groups (Envoy clusters). Exactly one `primary`; at most one `shadow` and
-    /// one `standby`.
+    /// one `standby`. Required, unless `lifecycle` provisions them.
+    #[serde(default)]
     pub groups: Vec<GroupConfig>,
-    /// Percent per role, summing to 100. Default: `{primary: 100}`.
+    /// Percent per role, summing to 100. Default: `{primary: 100}`. Not with `lifecycle`.
     #[serde(default)]
     pub weights: Option<BTreeMap<Role, u32>>,
+    /// The shadow lifecycle: groups provisioned by the control plane, a shadow kept for the
+    /// primary, and predictive migrations. Default: none (groups and weights by hand).
+    #[serde(default)]
+    pub lifecycle: Option<LifecycleSection>,
+}
+
+/// A managed service's lifecycle, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleSection {
+    /// The provisioner that runs the groups: `local` (processes on this host). Default: `local`.
+    #[serde(default)]
+    pub provisioner: Option<String>,
+    /// The primary's configuration; the shadow mirrors it. Required.
+    pub group: RecordedConfig,
+    /// What the shadow may run differently (instance type, price class). Default: nothing.
+    #[serde(default)]
+    pub shadow_variant: Option<Variant>,
+    /// Price per instance-hour by instance type, for the cost model. Default: none (cost is
+    /// not tracked).
+    #[serde(default)]
+    pub prices: Option<BTreeMap<String, f64>>,
+    /// Phases, steps and timers. Default: see `lifecycle::Policy`.
+    #[serde(default)]
+    pub policy: Option<lifecycle::Policy>,
+    /// When to migrate: SLOs, cost budget, horizon, confidence. Default: the model's defaults.
+    #[serde(default)]
+    pub trigger: Option<shadowplane_model::trigger::Policy>,
+    /// When the shadow counts as worse during warm-up and shifting. Default: see
+    /// `compare::ComparePolicy`.
+    #[serde(default)]
+    pub compare: Option<ComparePolicy>,
+    /// The forecasters' parameters, in telemetry windows. Default: the model's defaults.
+    #[serde(default)]
+    pub model: Option<shadowplane_model::ForecasterParams>,
+    /// How often the engine looks at the service, milliseconds. Default: 1000.
+    #[serde(default)]
+    pub tick_ms: Option<u64>,
+}
+
+/// A checked lifecycle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Managed {
+    /// The provisioner's kind.
+    pub provisioner: String,
+    /// The primary's recorded configuration.
+    pub group: RecordedConfig,
+    /// The shadow's variant.
+    pub variant: Option<Variant>,
+    /// Prices; empty when cost is not tracked.
+    pub prices: BTreeMap<String, f64>,
+    /// Phases and timers.
+    pub policy: lifecycle::Policy,
+    /// The trigger's policy.
+    pub trigger: shadowplane_model::trigger::ValidPolicy,
+    /// The comparison's policy.
+    pub compare: ComparePolicy,
+    /// The forecasters' parameters.
+    pub model: shadowplane_model::ValidForecasterParams,
+    /// The latency detector's parameters (3 sigma, with `model`'s forecaster).
+    pub detector: shadowplane_model::ValidDetectorParams,
+    /// Engine tick, milliseconds.
+    pub tick_ms: u64,
 }
 
 /// A resource group: one Envoy cluster and the machines behind it.
@@ -251,6 +319,11 @@ pub struct Service {
     pub groups: Vec<Group>,
     /// Percent per role (every role of `groups` present), summing to 100.
     pub weights: Weights,
+    /// Percent of the primary's requests mirrored to the shadow (Envoy request mirroring).
+    pub mirror_percent: u32,
+    /// The lifecycle, when the control plane provisions the groups; the engine fills in
+    /// `groups`, `weights` and `mirror_percent`.
+    pub managed: Option<Managed>,
 }
 
 /// A checked group.
@@ -292,6 +365,20 @@ impl Weights {
                 .map(|r| (*r, weights.get(r).copied().unwrap_or(0)))
                 .collect(),
         ))
+    }
+
+    /// `shadow_percent` on the shadow (when there is one), the rest on the primary.
+    pub fn split(shadow_percent: u32, has_shadow: bool) -> Weights {
+        let shadow = if has_shadow {
+            shadow_percent.min(100)
+        } else {
+            0
+        };
+        let mut w = BTreeMap::from([(Role::Primary, 100 - shadow)]);
+        if has_shadow {
+            w.insert(Role::Shadow, shadow);
+        }
+        Weights(w)
     }
 
     /// Role to percent.
@@ -630,6 +717,40 @@ fn check(file: FileConfig, base: &Path) -> Result<Config, CheckError> {
                 ));
             }
         }
+        if let Some(l) = s.lifecycle {
+            if !s.groups.is_empty() {
+                return Err(at(
+                    &path("groups"),
+                    "a service with a lifecycle has its groups provisioned; remove `groups`",
+                ));
+            }
+            if s.weights.is_some() {
+                return Err(at(
+                    &path("weights"),
+                    "a service with a lifecycle has its weights set by the lifecycle; remove \
+                     `weights`",
+                ));
+            }
+            let managed = check_lifecycle(&s.name, l).map_err(|(k, m)| {
+                let mut p = path("lifecycle");
+                p.extend(k);
+                (p, m)
+            })?;
+            for n in 1..=2 {
+                group_names.insert(format!("{}-{n}", s.name));
+            }
+            services.push(Service {
+                name: s.name,
+                listener: s.listener,
+                domains,
+                prefixes,
+                groups: Vec::new(),
+                weights: Weights(BTreeMap::from([(Role::Primary, 100)])),
+                mirror_percent: 0,
+                managed: Some(managed),
+            });
+            continue;
+        }
         let mut roles = BTreeSet::new();
         let mut groups = Vec::new();
         for (j, g) in s.groups.into_iter().enumerate() {
@@ -688,6 +809,8 @@ fn check(file: FileConfig, base: &Path) -> Result<Config, CheckError> {
             prefixes,
             groups,
             weights,
+            mirror_percent: 0,
+            managed: None,
         });
     }
     Ok(Config {
@@ -699,6 +822,92 @@ fn check(file: FileConfig, base: &Path) -> Result<Config, CheckError> {
         retention_ms: retention_hours.saturating_mul(3_600_000),
         listeners,
         services,
+    })
+}
+
+/// Checks a lifecycle section; errors are located below `lifecycle`.
+fn check_lifecycle(service: &str, l: LifecycleSection) -> Result<Managed, CheckError> {
+    use Step::Key;
+    let provisioner = l.provisioner.unwrap_or_else(|| "local".to_string());
+    if provisioner != "local" {
+        return Err(at(
+            &[Key("provisioner")],
+            format!(
+                "the {provisioner:?} provisioner cannot run a lifecycle (it cannot create a \
+                 shadow); only \"local\" can"
+            ),
+        ));
+    }
+    let spec = GroupSpec {
+        name: format!("{service}-1"),
+        config: l.group.clone(),
+    };
+    spec.check()
+        .map_err(|e| at(&[Key("group")], e.to_string()))?;
+    let prices = l.prices.unwrap_or_default();
+    for (k, p) in &prices {
+        if !p.is_finite() || *p < 0.0 {
+            return Err(at(
+                &[Key("prices")],
+                format!("{k}: a price must be finite and not negative, got {p}"),
+            ));
+        }
+    }
+    let variant_type = l
+        .shadow_variant
+        .as_ref()
+        .and_then(|v| v.instance_type.clone());
+    if !prices.is_empty() {
+        for t in std::iter::once(l.group.instance_type.clone()).chain(variant_type) {
+            if !prices.contains_key(&t) {
+                return Err(at(
+                    &[Key("prices")],
+                    format!("no price for instance type {t:?}"),
+                ));
+            }
+        }
+    }
+    let policy = l.policy.unwrap_or_default();
+    policy.check().map_err(|m| at(&[Key("policy")], m))?;
+    let trigger = l
+        .trigger
+        .unwrap_or_default()
+        .check()
+        .map_err(|e| at(&[Key("trigger")], e.to_string()))?;
+    if trigger.get().cost_budget_per_hour.is_some() && prices.is_empty() {
+        return Err(at(
+            &[Key("trigger")],
+            "cost_budget_per_hour needs `prices` to price the groups",
+        ));
+    }
+    let compare = l.compare.unwrap_or_default();
+    compare.check().map_err(|m| at(&[Key("compare")], m))?;
+    let model = l
+        .model
+        .unwrap_or_default()
+        .check()
+        .map_err(|e| at(&[Key("model")], e.to_string()))?;
+    let detector = shadowplane_model::DetectorParams {
+        forecaster: model.get().clone(),
+        ..Default::default()
+    }
+    .check()
+    .map_err(|e| at(&[Key("model")], e.to_string()))?;
+    let tick_ms = l.tick_ms.unwrap_or(1000);
+    if tick_ms == 0 {
+        return Err(at(&[Key("tick_ms")], "must be above 0"));
+    }
+    Ok(Managed {
+        provisioner,
+        group: l.group,
+        variant: l.shadow_variant,
+        prices,
+        policy,
+        trigger,
+        compare,
+        model,
+        detector,
+        tick_ms,
     })
 }
 
@@ -871,6 +1080,59 @@ services:
 
     fn err(text: &str) -> String {
         parse(Path::new("sp.yaml"), text).unwrap_err().to_string()
+    }
+
+    const MANAGED: &str = "\
+listeners:
+  - name: ingress
+    address: 127.0.0.1:10000
+services:
+  - name: checkout
+    listener: ingress
+    lifecycle:
+      group:
+        workload: {command: {program: /bin/true}}
+        instance_type: large
+      shadow_variant: {instance_type: small}
+      prices: {large: 0.5, small: 0.2}
+";
+
+    #[test]
+    fn a_lifecycle_replaces_groups_and_is_checked_with_places() {
+        let c = parse(Path::new("sp.yaml"), MANAGED).unwrap();
+        let m = c.services[0].managed.as_ref().unwrap();
+        assert_eq!(m.provisioner, "local");
+        assert_eq!(m.policy.cold_ms, 24 * 3_600_000);
+        assert!(c.services[0].groups.is_empty());
+        let with_groups = MANAGED.replace(
+            "    lifecycle:\n",
+            "    groups: [{name: a, role: primary, endpoints: [127.0.0.1:1]}]\n    lifecycle:\n",
+        );
+        assert!(
+            err(&with_groups).contains("sp.yaml:7:5: a service with a lifecycle"),
+            "{}",
+            err(&with_groups)
+        );
+        let unpriced = MANAGED.replace("large: 0.5, ", "");
+        assert_eq!(
+            err(&unpriced),
+            "sp.yaml:12:7: no price for instance type \"large\""
+        );
+        let bad_steps = MANAGED.replace(
+            "      prices:",
+            "      policy: {steps: [10, 5, 100]}\n      prices:",
+        );
+        assert!(
+            err(&bad_steps).contains("steps: must rise strictly"),
+            "{}",
+            err(&bad_steps)
+        );
+        let fixed = MANAGED.replace("      group:", "      provisioner: fixed\n      group:");
+        assert!(
+            err(&fixed).contains("cannot run a lifecycle"),
+            "{}",
+            err(&fixed)
+        );
     }
 
     #[test]

@@ -13,16 +13,12 @@
 //! so does a bad row for `detect`, naming file:line.
 
 mod admin;
-// The step comparison, like the lifecycle, waits for the control loop of issue 5.
-#[allow(dead_code)]
 mod compare;
 mod config;
 mod detect;
-mod provision;
-// The lifecycle engine is a tested pure state machine; the control loop that feeds it model
-// verdicts and carries out its pushes comes next (issue 5), so it has no caller yet.
-#[allow(dead_code)]
+mod engine;
 mod lifecycle;
+mod provision;
 mod resources;
 mod state;
 mod store;
@@ -83,6 +79,17 @@ enum Command {
         /// Print the JSON answer instead of the table.
         #[arg(long)]
         json: bool,
+    },
+    /// Steer a managed service's lifecycle: pause, resume, abort (back to the primary) or
+    /// promote (the next step now; from watching, start a migration).
+    Lifecycle {
+        /// pause, resume, abort or promote.
+        op: String,
+        /// The service.
+        service: String,
+        /// Admin API base URL (or SHADOWPLANE_ADMIN).
+        #[arg(long)]
+        admin: Option<String>,
     },
     /// Re-read the configuration file the server was started with and push it.
     Reload {
@@ -208,9 +215,21 @@ async fn serve(path: PathBuf, cfg: config::Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen for the admin API on {admin_addr}"))?;
     let cache = shadowplane_xds::SnapshotCache::new();
-    let cp = state::ControlPlane::new(cache.clone(), path, cfg)?;
+    let mut cfg = cfg;
+    let store = state::ControlPlane::open_store(&cfg)?;
+    // The groups of managed services run before the first snapshot names them.
+    let provisioner: std::sync::Arc<dyn provision::Provisioner> = std::sync::Arc::new(
+        provision::local::LocalProvisioner::new(provision::local::LocalOptions::default()),
+    );
+    let engine = engine::Engine::prepare(&mut cfg, &store, std::sync::Arc::clone(&provisioner))
+        .await
+        .context("cannot provision the managed services")?;
+    let cp = state::ControlPlane::new(cache.clone(), path, cfg, store)?;
     tokio::spawn(std::sync::Arc::clone(&cp).follow_events());
     tokio::spawn(admin::serve(admin, std::sync::Arc::clone(&cp)));
+    if !engine.is_empty() {
+        tokio::spawn(engine.run(std::sync::Arc::clone(&cp)));
+    }
     tracing::info!(%xds_addr, %admin_addr, "shadowplane serving");
     let shutdown = async {
         let mut term =
@@ -320,13 +339,24 @@ async fn client(cmd: Command) -> anyhow::Result<()> {
         Command::Status { admin, json } => {
             let v = call(
                 hyper::Method::GET,
-                &format!("{}/v1/status", admin_url(admin)),
+                &format!("{}/v1/status", admin_url(admin.clone())),
+                None,
+            )
+            .await?;
+            let lifecycle = call(
+                hyper::Method::GET,
+                &format!("{}/v1/lifecycle", admin_url(admin.clone())),
                 None,
             )
             .await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                let both = json!({"sync": v, "lifecycle": lifecycle});
+                println!("{}", serde_json::to_string_pretty(&both)?);
             } else {
+                for s in lifecycle["services"].as_array().into_iter().flatten() {
+                    print_lifecycle(s);
+                    println!();
+                }
                 println!(
                     "{:<24} {:<16} {:<8} {:<10} ERROR",
                     "NODE", "GROUP", "STATE", "VERSION"
@@ -345,6 +375,18 @@ async fn client(cmd: Command) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Lifecycle { op, service, admin } => {
+            if !["pause", "resume", "abort", "promote"].contains(&op.as_str()) {
+                bail!("\"{op}\" is not pause, resume, abort or promote");
+            }
+            let v = call(
+                hyper::Method::POST,
+                &format!("{}/v1/services/{service}/lifecycle/{op}", admin_url(admin)),
+                None,
+            )
+            .await?;
+            print_lifecycle(&v);
+        }
         Command::Reload { canary, admin } => {
             let v = call(
                 hyper::Method::POST,
@@ -362,4 +404,79 @@ async fn client(cmd: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One managed service's lifecycle, for people: phase, weights, forecasts, anomalies and the
+/// last decision.
+fn print_lifecycle(s: &Value) {
+    let str_of = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let step = match s["step"].as_u64() {
+        Some(i) => format!(
+            " step {}/{}",
+            i + 1,
+            s["steps"].as_array().map_or(0, |a| a.len())
+        ),
+        None => String::new(),
+    };
+    println!(
+        "{}: {}{}{}  weights primary={} shadow={}  mirror={}%",
+        str_of(&s["service"]),
+        str_of(&s["phase"]),
+        step,
+        if s["paused"].as_bool() == Some(true) {
+            " (paused)"
+        } else {
+            ""
+        },
+        s["weights"]["primary"],
+        s["weights"]["shadow"],
+        s["mirror_percent"],
+    );
+    for g in s["groups"].as_array().into_iter().flatten() {
+        let f = &g["forecast"]["p99_ms"];
+        let forecast = if f["mean"].is_number() {
+            format!(
+                "p99 forecast {} ms [{}, {}] at {:.0}% in {} windows",
+                f["mean"],
+                f["lower"],
+                f["upper"],
+                f["confidence"].as_f64().unwrap_or(0.0) * 100.0,
+                f["horizon"]
+            )
+        } else if f["not_enough_data"].is_object() {
+            format!(
+                "p99 forecast: not enough data ({} of {} windows)",
+                f["not_enough_data"]["have"], f["not_enough_data"]["need"]
+            )
+        } else {
+            "p99 forecast: none".to_string()
+        };
+        println!(
+            "  {:<8} {:<20} {}  last p99 {} ms",
+            str_of(&g["role"]),
+            str_of(&g["name"]),
+            forecast,
+            g["forecast"]["last_p99_ms"]
+        );
+    }
+    if let Some(d) = s["last_decision"].as_object() {
+        println!(
+            "  last decision: {} ({})",
+            d.get("action").and_then(Value::as_str).unwrap_or("-"),
+            d.get("reason").and_then(Value::as_str).unwrap_or("-")
+        );
+    }
+    for a in s["anomalies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .rev()
+        .take(3)
+    {
+        let cause = a["causes"][0]["name"].as_str().unwrap_or("-");
+        println!(
+            "  anomaly at {}: p99 {} ms, {} sigma, top cause {}",
+            a["at_ms"], a["p99_ms"], a["deviation_sigma"], cause
+        );
+    }
 }

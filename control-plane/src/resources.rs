@@ -14,8 +14,8 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
 };
 use envoy_types::pb::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ApiVersion, AsyncDataSource, ConfigSource, DataSource,
-    ExtensionConfigSource, HeaderValue, HeaderValueOption, Http2ProtocolOptions, SocketAddress,
-    TypedExtensionConfig, address::Address as AddressKind,
+    ExtensionConfigSource, HeaderValue, HeaderValueOption, Http2ProtocolOptions,
+    RuntimeFractionalPercent, SocketAddress, TypedExtensionConfig, address::Address as AddressKind,
     async_data_source::Specifier as AsyncSpecifier, config_source::ConfigSourceSpecifier,
     data_source::Specifier as DataSpecifier, header_value_option::HeaderAppendAction,
     socket_address::PortSpecifier,
@@ -28,8 +28,12 @@ use envoy_types::pb::envoy::config::listener::v3::{
 };
 use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
-    WeightedCluster, header_matcher::HeaderMatchSpecifier, route::Action,
-    route_action::ClusterSpecifier, route_match::PathSpecifier, weighted_cluster::ClusterWeight,
+    WeightedCluster,
+    header_matcher::HeaderMatchSpecifier,
+    route::Action,
+    route_action::{ClusterSpecifier, RequestMirrorPolicy},
+    route_match::PathSpecifier,
+    weighted_cluster::ClusterWeight,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
@@ -47,12 +51,13 @@ use envoy_types::pb::envoy::extensions::wasm::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     RegexMatcher, StringMatcher, string_matcher::MatchPattern,
 };
+use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
 use envoy_types::pb::google::protobuf::{Any, Duration, StringValue, UInt32Value};
 use envoy_types::util::pack_any;
 use shadowplane_wire::{FilterConfig, GroupWeight, TelemetryTarget};
 use shadowplane_xds::{Snapshot, SnapshotBuilder};
 
-use crate::config::{Config, Filter as FilterSettings, Service, Weights};
+use crate::config::{Config, Filter as FilterSettings, Role, Service, Weights};
 
 /// Envoy cluster that carries the filter's telemetry reports to the control plane.
 pub const TELEMETRY_CLUSTER: &str = "shadowplane-telemetry";
@@ -223,6 +228,26 @@ fn route_config(
 ) -> RouteConfiguration {
     let header = shadowplane_wire::DEFAULT_ROUTE_HEADER;
     let names: Vec<&str> = service.groups.iter().map(|g| g.name.as_str()).collect();
+    // A cold shadow sees a share of the primary's requests as fire-and-forget copies (Envoy
+    // request mirroring): the primary's answer is the one the client gets.
+    let mirror: Vec<RequestMirrorPolicy> = service
+        .groups
+        .iter()
+        .find(|g| g.role == Role::Shadow)
+        .filter(|_| service.mirror_percent > 0)
+        .map(|shadow| RequestMirrorPolicy {
+            cluster: shadow.name.clone(),
+            runtime_fraction: Some(RuntimeFractionalPercent {
+                default_value: Some(FractionalPercent {
+                    numerator: service.mirror_percent.min(100),
+                    denominator: 0, // HUNDRED
+                }),
+                runtime_key: String::new(),
+            }),
+            ..Default::default()
+        })
+        .into_iter()
+        .collect();
     let mut routes = Vec::new();
     for prefix in &service.prefixes {
         if filter {
@@ -249,6 +274,7 @@ fn route_config(
                 }),
                 action: Some(Action::Route(RouteAction {
                     cluster_specifier: Some(ClusterSpecifier::ClusterHeader(header.to_string())),
+                    request_mirror_policies: mirror.clone(),
                     ..Default::default()
                 })),
                 ..Default::default()
@@ -277,6 +303,7 @@ fn route_config(
                         .collect(),
                     ..Default::default()
                 })),
+                request_mirror_policies: mirror.clone(),
                 ..Default::default()
             })),
             ..Default::default()
@@ -564,6 +591,8 @@ mod tests {
                     &roles,
                 )
                 .unwrap(),
+                mirror_percent: 0,
+                managed: None,
             }],
         }
     }

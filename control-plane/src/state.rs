@@ -106,6 +106,9 @@ pub struct ControlPlane {
     inner: Mutex<Inner>,
     events: Mutex<(u64, VecDeque<LoggedEvent>)>,
     store: Store,
+    /// Per managed service, what the lifecycle engine last published.
+    lifecycle: Mutex<BTreeMap<String, Value>>,
+    commands: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<crate::engine::Command>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -132,6 +135,7 @@ impl ControlPlane {
         cache: SnapshotCache,
         config_path: PathBuf,
         config: Config,
+        store: Store,
     ) -> anyhow::Result<Arc<Self>> {
         let desired = Desired {
             weights: config
@@ -141,19 +145,6 @@ impl ControlPlane {
                 .collect(),
             config,
         };
-        let window_ms = desired
-            .config
-            .filter
-            .as_ref()
-            .map_or(shadowplane_wire::DEFAULT_REPORT_INTERVAL_MS, |f| {
-                f.report_interval_ms
-            });
-        let store = Store::open(
-            &desired.config.store_path,
-            window_ms,
-            desired.config.retention_ms,
-        )
-        .map_err(|e| anyhow::anyhow!("{e} ({})", desired.config.store_path.display()))?;
         // Weights set by hand before a restart win over the file's, for every service whose
         // roles are unchanged; versions go on from the last generation.
         let mut desired = desired;
@@ -165,7 +156,12 @@ impl ControlPlane {
             Ok(None) => Persisted::default(),
             Err(e) => anyhow::bail!("{e}"),
         };
-        for s in &desired.config.services {
+        for s in desired
+            .config
+            .services
+            .iter()
+            .filter(|s| s.managed.is_none())
+        {
             let roles: BTreeSet<Role> = s.groups.iter().map(|g| g.role).collect();
             if let Some(w) = persisted.weights.get(&s.name)
                 && let Ok(w) = Weights::check(w, &roles)
@@ -191,8 +187,111 @@ impl ControlPlane {
             }),
             events: Mutex::new((0, VecDeque::new())),
             store,
+            lifecycle: Mutex::new(BTreeMap::new()),
+            commands: std::sync::OnceLock::new(),
         });
         Ok(cp)
+    }
+
+    /// Opens the store `config` names, with the window of its report interval.
+    pub fn open_store(config: &Config) -> anyhow::Result<Store> {
+        let window_ms = config
+            .filter
+            .as_ref()
+            .map_or(shadowplane_wire::DEFAULT_REPORT_INTERVAL_MS, |f| {
+                f.report_interval_ms
+            });
+        Store::open(&config.store_path, window_ms, config.retention_ms)
+            .map_err(|e| anyhow::anyhow!("{e} ({})", config.store_path.display()))
+    }
+
+    /// The telemetry store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The xDS cache.
+    pub fn cache(&self) -> &SnapshotCache {
+        &self.cache
+    }
+
+    /// The configuration now in effect (managed services with their current groups).
+    pub fn config(&self) -> Config {
+        lock(&self.inner).current.config.clone()
+    }
+
+    /// The version of the snapshot last pushed.
+    pub fn version(&self) -> u64 {
+        lock(&self.inner).generation
+    }
+
+    /// Sets a managed service's groups, weights and mirror share and pushes them; the
+    /// lifecycle engine's only way to change what Envoy runs. Returns the new version.
+    pub fn apply_managed(
+        &self,
+        service: &str,
+        groups: Vec<config::Group>,
+        weights: Weights,
+        mirror_percent: u32,
+    ) -> Result<u64, ApiError> {
+        let mut inner = lock(&self.inner);
+        let mut next = inner.current.clone();
+        let svc = next
+            .config
+            .services
+            .iter_mut()
+            .find(|s| s.name == service && s.managed.is_some())
+            .ok_or_else(|| ApiError::NotFound(format!("no managed service named \"{service}\"")))?;
+        svc.groups = groups;
+        svc.weights = weights.clone();
+        svc.mirror_percent = mirror_percent;
+        next.weights.insert(service.to_string(), weights);
+        Self::push(&self.cache, &self.store, &mut inner, next, BTreeSet::new())?;
+        Ok(inner.generation)
+    }
+
+    /// Publishes a managed service's lifecycle view for the status API.
+    pub fn set_lifecycle_view(&self, service: &str, view: Value) {
+        lock(&self.lifecycle).insert(service.to_string(), view);
+    }
+
+    /// Every managed service's lifecycle view.
+    pub fn lifecycle_views(&self) -> Value {
+        let views = lock(&self.lifecycle);
+        json!({"services": views.values().cloned().collect::<Vec<_>>()})
+    }
+
+    /// Connects the lifecycle engine's command queue.
+    pub fn set_commands(&self, tx: tokio::sync::mpsc::UnboundedSender<crate::engine::Command>) {
+        let _ = self.commands.set(tx);
+    }
+
+    /// Sends an operator command to the lifecycle engine and waits for its answer.
+    pub async fn command(&self, service: &str, op: crate::engine::Op) -> Result<Value, ApiError> {
+        let managed = lock(&self.inner)
+            .current
+            .config
+            .services
+            .iter()
+            .any(|s| s.name == service && s.managed.is_some());
+        if !managed {
+            return Err(ApiError::NotFound(format!(
+                "no service named \"{service}\" with a lifecycle"
+            )));
+        }
+        let tx = self
+            .commands
+            .get()
+            .ok_or_else(|| ApiError::Internal("the lifecycle engine is not running".into()))?;
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        tx.send(crate::engine::Command {
+            service: service.to_string(),
+            op,
+            reply,
+        })
+        .map_err(|_| ApiError::Internal("the lifecycle engine stopped".into()))?;
+        rx.await
+            .map_err(|_| ApiError::Internal("the lifecycle engine stopped".into()))?
     }
 
     /// Follows the cache's events: logs them and follows rollbacks. Runs until the cache is
@@ -274,7 +373,8 @@ impl ControlPlane {
         }
     }
 
-    fn log(&self, event: Value) {
+    /// Appends an event to the log `/v1/events` shows.
+    pub fn log(&self, event: Value) {
         let mut log = lock(&self.events);
         log.0 += 1;
         let seq = log.0;
@@ -321,6 +421,12 @@ impl ControlPlane {
             .iter()
             .find(|s| s.name == service)
             .ok_or_else(|| ApiError::NotFound(format!("no service named \"{service}\"")))?;
+        if svc.managed.is_some() {
+            return Err(ApiError::Conflict(format!(
+                "service \"{service}\" has a lifecycle, which sets its weights; use pause, \
+                 resume, abort or promote"
+            )));
+        }
         let mut by_role = BTreeMap::new();
         for (k, w) in raw {
             let role = Role::parse(k).ok_or_else(|| {
@@ -360,6 +466,26 @@ impl ControlPlane {
                  reload; restart instead"
                     .into(),
             ));
+        }
+        let mut config = config;
+        // Managed services keep the groups, weights and mirror share the lifecycle set.
+        for s in config.services.iter_mut().filter(|s| s.managed.is_some()) {
+            if let Some(cur) = inner
+                .current
+                .config
+                .services
+                .iter()
+                .find(|c| c.name == s.name && c.managed.is_some())
+            {
+                s.groups = cur.groups.clone();
+                s.weights = cur.weights.clone();
+                s.mirror_percent = cur.mirror_percent;
+            } else {
+                return Err(ApiError::BadRequest(format!(
+                    "service \"{}\" gains a lifecycle on reload; restart to provision it",
+                    s.name
+                )));
+            }
         }
         let mut weights = BTreeMap::new();
         for s in &config.services {

@@ -1,0 +1,1168 @@
+//! The migration engine: runs the shadow lifecycle of every managed service against the real
+//! world. It provisions the groups, feeds each group's models from the stored telemetry and
+//! the provisioner's system metrics, turns the models' verdicts and the comparisons into
+//! [`lifecycle::Input`]s, persists the machine's state before acting, and carries out its
+//! [`lifecycle::Action`]s: xDS pushes through [`ControlPlane::apply_managed`], the role swap
+//! through the provisioner.
+//!
+//! The decisions stay in the pure [`lifecycle::step`]; this module is the effects around it.
+//! Models are not persisted: after a restart they are rebuilt from the stored windows, which
+//! the store keeps for its retention.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use shadowplane_model::cost::{CostModel, PriceTable};
+use shadowplane_model::rootcause::{self, CauseKind, Signal};
+use shadowplane_model::trigger::{self, GroupForecasts, Trigger};
+use shadowplane_model::{Detector, Forecast, Forecaster};
+use shadowplane_wire::ClusterStats;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::compare::{self, Verdict as CompareVerdict};
+use crate::config::{Config, Group, Managed, Role, Service, Weights};
+use crate::lifecycle::{self, Action, Input, Phase};
+use crate::provision::{GroupHandle, GroupSpec, InstanceState, Provisioner, RecordedConfig};
+use crate::state::{ApiError, ControlPlane};
+use crate::store::Store;
+
+/// Store key prefix of a service's persisted engine state.
+const STATE_PREFIX: &str = "lifecycle/";
+/// Points of history kept per group for root causes and the status view.
+const RECENT: usize = 240;
+/// Anomalies shown in the status.
+const ANOMALIES: usize = 10;
+/// Windows newer than this many report intervals may still get reports from other workers and
+/// Envoys; the models wait for them.
+const SETTLE_WINDOWS: u64 = 2;
+/// A primary whose last window failed at least this share of at least `FAILED_MIN` requests
+/// failed hard (not a prediction).
+const FAILED_SHARE: f64 = 0.5;
+const FAILED_MIN: u64 = 10;
+/// How long the previous run's instances are kept while no Envoy has reconnected.
+const ORPHAN_GRACE: Duration = Duration::from_secs(60);
+
+/// An operator's request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// Stop moving; weights stay.
+    Pause,
+    /// Go on.
+    Resume,
+    /// Back to the primary.
+    Abort,
+    /// Skip ahead to the next step now (from watching: start a migration).
+    Promote,
+}
+
+/// An operator's request for one service, with where to answer.
+pub struct Command {
+    /// The service.
+    pub service: String,
+    /// What to do.
+    pub op: Op,
+    /// The lifecycle view after the command, or why it was refused.
+    pub reply: oneshot::Sender<Result<Value, ApiError>>,
+}
+
+/// What survives a restart, per service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Persisted {
+    lifecycle: lifecycle::State,
+    /// The number of the last group created (`SERVICE-N`).
+    last_group: u64,
+    primary: String,
+    shadow: Option<String>,
+    /// A released primary waiting to be stopped once Envoy no longer routes to it.
+    releasing: Option<String>,
+    /// Recorded configuration by group.
+    configs: BTreeMap<String, RecordedConfig>,
+    /// The snapshot version the pending push went out as.
+    pushed_version: Option<u64>,
+    last_decision: Option<Value>,
+    anomalies: VecDeque<Value>,
+    /// The instances' process ids by group, as last seen: after a restart, the processes of
+    /// the previous run are stopped once Envoy has moved to the new ones.
+    #[serde(default)]
+    pids: BTreeMap<String, Vec<u32>>,
+}
+
+/// One point of a group's history.
+#[derive(Debug, Clone, Copy, Default)]
+struct Point {
+    time: i64,
+    p99_ms: f64,
+    error_rate: f64,
+    rps: f64,
+    deviation: f64,
+    cpu: f64,
+    rss: f64,
+    faults: f64,
+    disk: f64,
+    net: f64,
+    timeouts: f64,
+    resets: f64,
+}
+
+/// A group's models, fed from its telemetry windows.
+struct Models {
+    latency: Detector,
+    errors: Forecaster,
+    cost: Option<CostModel>,
+    trigger: Trigger,
+    recent: VecDeque<Point>,
+    /// Start of the last window fed, ms.
+    fed_until_ms: u64,
+    /// The latest system sample's counters, to turn them into rates.
+    last_sys: Option<crate::provision::SystemSample>,
+    sys_now: Point,
+}
+
+impl Models {
+    fn new(m: &Managed) -> Models {
+        let detector = m.detector.clone();
+        let cost = (!m.prices.is_empty()).then(|| {
+            let prices = PriceTable {
+                per_hour: m.prices.clone(),
+            }
+            .check();
+            prices.map(|p| CostModel::new(p, m.model.clone()))
+        });
+        Models {
+            latency: Detector::new(detector, 0),
+            errors: Forecaster::new(m.model.clone(), 0),
+            cost: cost.and_then(Result::ok),
+            trigger: Trigger::new(m.trigger.clone()),
+            recent: VecDeque::new(),
+            fed_until_ms: 0,
+            last_sys: None,
+            sys_now: Point::default(),
+        }
+    }
+}
+
+struct Svc {
+    state: Persisted,
+    models: BTreeMap<String, Models>,
+    /// Processes of the previous run (program, pid), stopped once Envoy has the new endpoints.
+    orphans: Vec<(String, u32)>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn group_name(service: &str, n: u64) -> String {
+    format!("{service}-{n}")
+}
+
+fn load(store: &Store, service: &str) -> anyhow::Result<Option<Persisted>> {
+    match store.state(&format!("{STATE_PREFIX}{service}"))? {
+        Some(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(|e| {
+            anyhow::anyhow!("the stored lifecycle of service \"{service}\" is unreadable: {e}")
+        })?)),
+        None => Ok(None),
+    }
+}
+
+fn save(store: &Store, service: &str, p: &Persisted) -> anyhow::Result<()> {
+    let bytes = serde_json::to_vec(p)?;
+    store.put_state(&format!("{STATE_PREFIX}{service}"), &bytes)?;
+    Ok(())
+}
+
+/// The engine before the control plane exists: groups provisioned, state loaded.
+pub struct Engine {
+    provisioner: Arc<dyn Provisioner>,
+    services: BTreeMap<String, Svc>,
+    window_ms: u64,
+    started: std::time::Instant,
+}
+
+impl Engine {
+    /// Loads or creates the state of every managed service in `config`, provisions its groups
+    /// (adopting those that run already) and fills in the service's groups, weights and mirror
+    /// share, so the first snapshot is what the lifecycle had when it last ran.
+    pub async fn prepare(
+        config: &mut Config,
+        store: &Store,
+        provisioner: Arc<dyn Provisioner>,
+    ) -> anyhow::Result<Engine> {
+        let window_ms = config
+            .filter
+            .as_ref()
+            .map_or(shadowplane_wire::DEFAULT_REPORT_INTERVAL_MS, |f| {
+                f.report_interval_ms
+            });
+        let mut services = BTreeMap::new();
+        let now = now_ms();
+        for service in config.services.iter_mut() {
+            let Some(m) = service.managed.clone() else {
+                continue;
+            };
+            let state = match load(store, &service.name)? {
+                Some(p) => {
+                    tracing::info!(service = %service.name, phase = ?p.lifecycle.phase, shadow = p.lifecycle.shadow_percent, "resuming the lifecycle");
+                    p
+                }
+                None => {
+                    let primary = group_name(&service.name, 1);
+                    let shadow = group_name(&service.name, 2);
+                    let shadow_config = crate::provision::mirror(&m.group, m.variant.as_ref());
+                    Persisted {
+                        lifecycle: lifecycle::State::new(now, &m.policy),
+                        last_group: 2,
+                        primary: primary.clone(),
+                        shadow: Some(shadow.clone()),
+                        releasing: None,
+                        configs: BTreeMap::from([
+                            (primary, m.group.clone()),
+                            (shadow, shadow_config),
+                        ]),
+                        pushed_version: None,
+                        last_decision: None,
+                        anomalies: VecDeque::new(),
+                        pids: BTreeMap::new(),
+                    }
+                }
+            };
+            let orphans: Vec<(String, u32)> = state
+                .pids
+                .iter()
+                .flat_map(|(g, pids)| {
+                    let program = match state.configs.get(g).map(|c| &c.workload) {
+                        Some(crate::provision::Workload::Command { program, .. }) => {
+                            program.clone()
+                        }
+                        _ => String::new(),
+                    };
+                    pids.iter().map(move |p| (program.clone(), *p))
+                })
+                .filter(|(program, _)| !program.is_empty())
+                .collect();
+            let mut names = vec![state.primary.clone()];
+            names.extend(state.shadow.clone());
+            names.extend(state.releasing.clone());
+            for name in &names {
+                let Some(cfg) = state.configs.get(name) else {
+                    anyhow::bail!(
+                        "the stored lifecycle of \"{}\" has no configuration for group \"{name}\"",
+                        service.name
+                    );
+                };
+                let spec = GroupSpec {
+                    name: name.clone(),
+                    config: cfg.clone(),
+                };
+                provisioner
+                    .ensure(&spec)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("service \"{}\": {e}", service.name))?;
+            }
+            let mut state = state;
+            if let Some(p) = &state.lifecycle.pending {
+                // Stopped with a push in flight: it was persisted before it went out, so
+                // resume with its weights; the first snapshot carries them and settles it.
+                let mut shown = state.clone();
+                shown.lifecycle.shadow_percent = p.shadow_percent;
+                shown.lifecycle.mirror_percent = p.mirror_percent;
+                fill(service, &shown, provisioner.as_ref());
+                state.pushed_version = Some(0);
+            } else {
+                fill(service, &state, provisioner.as_ref());
+            }
+            save(store, &service.name, &state)?;
+            let mut models = BTreeMap::new();
+            for name in &names {
+                models.insert(name.clone(), Models::new(&m));
+            }
+            services.insert(
+                service.name.clone(),
+                Svc {
+                    state,
+                    models,
+                    orphans,
+                },
+            );
+        }
+        Ok(Engine {
+            provisioner,
+            services,
+            window_ms,
+            started: std::time::Instant::now(),
+        })
+    }
+
+    /// Whether any service is managed.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    /// Runs the engine until the task is dropped.
+    pub async fn run(mut self, cp: Arc<ControlPlane>) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        cp.set_commands(tx);
+        let tick_ms = cp
+            .config()
+            .services
+            .iter()
+            .filter_map(|s| s.managed.as_ref().map(|m| m.tick_ms))
+            .min()
+            .unwrap_or(1000);
+        // The status shows the resumed state before the first tick.
+        for name in self.services.keys() {
+            cp.set_lifecycle_view(name, self.view(&cp, name));
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(tick_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let names: Vec<String> = self.services.keys().cloned().collect();
+                    for name in names {
+                        self.tick(&cp, &name).await;
+                    }
+                }
+                Some(cmd) = rx.recv() => {
+                    let answer = self.command(&cp, &cmd.service, cmd.op).await;
+                    let _ = cmd.reply.send(answer);
+                }
+            }
+        }
+    }
+
+    async fn command(
+        &mut self,
+        cp: &ControlPlane,
+        service: &str,
+        op: Op,
+    ) -> Result<Value, ApiError> {
+        let Some(m) = managed(cp, service) else {
+            return Err(ApiError::NotFound(format!(
+                "no service named \"{service}\" with a lifecycle"
+            )));
+        };
+        let input = match op {
+            Op::Pause => Input::Pause,
+            Op::Resume => Input::Resume,
+            Op::Abort => Input::Abort,
+            Op::Promote => {
+                let phase = self
+                    .services
+                    .get(service)
+                    .map(|s| s.state.lifecycle.phase.clone());
+                match phase {
+                    Some(Phase::Watching { .. }) | Some(Phase::Cold { .. }) => Input::Trigger {
+                        migrate: true,
+                        reason: "operator forced a promotion".into(),
+                    },
+                    _ => Input::Promote,
+                }
+            }
+        };
+        // A forced promotion from cold starts watching first: cold is over by the operator's
+        // word.
+        if op == Op::Promote
+            && let Some(s) = self.services.get_mut(service)
+            && let Phase::Cold { .. } = s.state.lifecycle.phase
+        {
+            let now = now_ms();
+            s.state.lifecycle.phase = Phase::Watching {
+                since_ms: now,
+                cooldown_until_ms: now,
+            };
+        }
+        self.feed(cp, service, &m, input, now_ms()).await;
+        Ok(self.view(cp, service))
+    }
+
+    /// One look at `service`: settle the pending push, feed the models, decide, act.
+    async fn tick(&mut self, cp: &ControlPlane, service: &str) {
+        let Some(m) = managed(cp, service) else {
+            return;
+        };
+        let now = now_ms();
+        self.refresh_endpoints(cp, service);
+        self.settle_push(cp, service, &m, now).await;
+        self.feed_models(cp, service, &m, now).await;
+        let inputs = self.observe(cp, service, &m, now);
+        for input in inputs {
+            self.feed(cp, service, &m, input, now).await;
+        }
+        self.feed(cp, service, &m, Input::Tick, now).await;
+        self.release_old(cp, service).await;
+        self.stop_orphans(cp, service);
+        self.record_pids(cp, service);
+        let view = self.view(cp, service);
+        cp.set_lifecycle_view(service, view);
+    }
+
+    /// Runs one input through the machine: persist, then act.
+    async fn feed(
+        &mut self,
+        cp: &ControlPlane,
+        service: &str,
+        m: &Managed,
+        input: Input,
+        now: u64,
+    ) {
+        let mut queue = VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            let Some(s) = self.services.get_mut(service) else {
+                return;
+            };
+            let (next, actions) = lifecycle::step(&s.state.lifecycle, input, &m.policy, now);
+            s.state.lifecycle = next;
+            if let Err(e) = save(cp.store(), service, &s.state) {
+                tracing::error!(service, "cannot persist the lifecycle: {e}");
+            }
+            for action in actions {
+                if let Some(input) = self.act(cp, service, m, action, now).await {
+                    queue.push_back(input);
+                }
+            }
+        }
+    }
+
+    /// Carries out one action; returns the input it leads to right away, if any.
+    async fn act(
+        &mut self,
+        cp: &ControlPlane,
+        service: &str,
+        m: &Managed,
+        action: Action,
+        now: u64,
+    ) -> Option<Input> {
+        match action {
+            Action::Event { kind, reason } => {
+                let s = self.services.get(service)?;
+                let mut ev = json!({
+                    "event": "lifecycle",
+                    "service": service,
+                    "kind": kind,
+                    "reason": reason,
+                    "phase": phase_name(&s.state.lifecycle.phase),
+                    "shadow_percent": s.state.lifecycle.shadow_percent,
+                    "primary": s.state.primary,
+                    "shadow": s.state.shadow,
+                });
+                if kind == "migration_started" || kind == "reactive_failover" {
+                    ev["decision"] = s.state.last_decision.clone().unwrap_or(Value::Null);
+                }
+                tracing::info!(service, kind, reason, "lifecycle");
+                cp.log(ev);
+                None
+            }
+            Action::Push {
+                id,
+                shadow_percent,
+                mirror_percent,
+                ..
+            } => {
+                let s = self.services.get_mut(service)?;
+                let mut state = s.state.clone();
+                state.lifecycle.shadow_percent = shadow_percent;
+                state.lifecycle.mirror_percent = mirror_percent;
+                let (groups, weights, mirror) =
+                    desired_groups(cp, service, &state, self.provisioner.as_ref());
+                match cp.apply_managed(service, groups, weights, mirror) {
+                    Ok(version) => {
+                        s.state.pushed_version = Some(version);
+                        if let Err(e) = save(cp.store(), service, &s.state) {
+                            tracing::error!(service, "cannot persist the lifecycle: {e}");
+                        }
+                        // Settled right away when no Envoy is connected: nothing to wait for.
+                        self.push_outcome(cp, service, now)
+                            .map(|error| Input::Pushed { id, error })
+                    }
+                    Err(e) => Some(Input::Pushed {
+                        id,
+                        error: Some(e.to_string()),
+                    }),
+                }
+            }
+            Action::SwapRoles => self.swap_roles(cp, service, m).await,
+        }
+    }
+
+    /// The shadow becomes the primary; a new shadow mirrors it; the old primary is released
+    /// once Envoy no longer has it.
+    async fn swap_roles(&mut self, cp: &ControlPlane, service: &str, m: &Managed) -> Option<Input> {
+        let s = self.services.get_mut(service)?;
+        let Some(new_primary) = s.state.shadow.clone() else {
+            tracing::error!(service, "a role swap without a shadow");
+            return None;
+        };
+        let old_primary = s.state.primary.clone();
+        let new_config = s.state.configs.get(&new_primary)?.clone();
+        let n = s.state.last_group + 1;
+        let name = group_name(service, n);
+        let shadow_config = crate::provision::mirror(&new_config, m.variant.as_ref());
+        let spec = GroupSpec {
+            name: name.clone(),
+            config: shadow_config.clone(),
+        };
+        if let Err(e) = self.provisioner.ensure(&spec).await {
+            cp.log(json!({"event": "lifecycle", "service": service, "kind": "shadow_failed", "reason": e.to_string()}));
+            tracing::error!(service, "cannot create the new shadow: {e}");
+            return None;
+        }
+        let s = self.services.get_mut(service)?;
+        s.state.last_group = n;
+        s.state.primary = new_primary;
+        s.state.shadow = Some(name.clone());
+        s.state.releasing = Some(old_primary);
+        s.state.configs.insert(name.clone(), shadow_config);
+        // All traffic is on the new primary; the new shadow starts at 0.
+        s.state.lifecycle.shadow_percent = 0;
+        s.models.insert(name, Models::new(m));
+        if let Err(e) = save(cp.store(), service, &s.state) {
+            tracing::error!(service, "cannot persist the lifecycle: {e}");
+        }
+        Some(Input::ShadowReady)
+    }
+
+    /// Stops a released primary once the snapshot without it is the stable one and no
+    /// push is pending.
+    async fn release_old(&mut self, cp: &ControlPlane, service: &str) {
+        let Some(s) = self.services.get(service) else {
+            return;
+        };
+        let Some(old) = s.state.releasing.clone() else {
+            return;
+        };
+        if s.state.lifecycle.pending.is_some() {
+            return;
+        }
+        let still_there = cp
+            .config()
+            .services
+            .iter()
+            .any(|svc| svc.groups.iter().any(|g| g.name == old));
+        if still_there {
+            return;
+        }
+        if let Err(e) = self
+            .provisioner
+            .release(&GroupHandle::new(old.clone()))
+            .await
+        {
+            tracing::warn!(service, group = %old, "cannot release the old primary: {e}");
+            return;
+        }
+        if let Some(s) = self.services.get_mut(service) {
+            s.state.releasing = None;
+            s.state.configs.remove(&old);
+            s.models.remove(&old);
+            if let Err(e) = save(cp.store(), service, &s.state) {
+                tracing::error!(service, "cannot persist the lifecycle: {e}");
+            }
+        }
+        cp.log(json!({"event": "lifecycle", "service": service, "kind": "group_released", "reason": format!("group {old} stopped after its standby period")}));
+    }
+
+    /// Remembers the instances' process ids, for the next run to stop if this one dies.
+    fn record_pids(&mut self, cp: &ControlPlane, service: &str) {
+        let Some(s) = self.services.get_mut(service) else {
+            return;
+        };
+        let mut pids = BTreeMap::new();
+        for name in s.state.configs.keys() {
+            if let Some(g) = self.provisioner.status(&GroupHandle::new(name.clone())) {
+                pids.insert(
+                    name.clone(),
+                    g.instances
+                        .iter()
+                        .filter_map(|i| i.pid)
+                        .collect::<Vec<u32>>(),
+                );
+            }
+        }
+        if pids != s.state.pids {
+            s.state.pids = pids;
+            if let Err(e) = save(cp.store(), service, &s.state) {
+                tracing::error!(service, "cannot persist the lifecycle: {e}");
+            }
+        }
+    }
+
+    /// Stops the previous run's instances once every connected Envoy holds the current
+    /// snapshot (which names only this run's endpoints). A pid is only signalled while its
+    /// command line still names the program, so a reused pid is left alone.
+    fn stop_orphans(&mut self, cp: &ControlPlane, service: &str) {
+        let Some(s) = self.services.get(service) else {
+            return;
+        };
+        // Without any Envoy connected, give them a minute to come back first.
+        let waited = self.started.elapsed() > ORPHAN_GRACE;
+        if s.orphans.is_empty() || !(synced_now(cp) || waited) {
+            return;
+        }
+        for (program, pid) in &s.orphans {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let first = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+            if first != program.as_bytes() {
+                continue;
+            }
+            if let Some(p) = rustix::process::Pid::from_raw(*pid as i32) {
+                // Each instance leads its own process group (see provision::local).
+                let _ = rustix::process::kill_process_group(p, rustix::process::Signal::TERM);
+                tracing::info!(service, pid, "stopped an instance of the previous run");
+            }
+        }
+        if let Some(s) = self.services.get_mut(service) {
+            s.orphans.clear();
+        }
+    }
+
+    /// Whether the pending push is settled: `Some(None)` ACKed everywhere, `Some(Some(e))`
+    /// refused, `None` still waiting.
+    fn push_outcome(&self, cp: &ControlPlane, service: &str, _now: u64) -> Option<Option<String>> {
+        let s = self.services.get(service)?;
+        let pushed = s.state.pushed_version?;
+        let group = cp.config().node_cluster;
+        let status = cp.cache().status();
+        let Some(g) = status.into_iter().find(|g| g.group == group) else {
+            return Some(None);
+        };
+        let connected: Vec<_> = g.nodes.iter().filter(|n| n.connected).collect();
+        if connected.is_empty() {
+            return Some(None);
+        }
+        let stable: u64 = g.version.parse().unwrap_or(0);
+        if stable < pushed && cp.version() < pushed {
+            // Rolled back: the control plane followed the cache to an older snapshot.
+            let error = g
+                .nodes
+                .iter()
+                .filter_map(|n| n.last_nack.as_ref().map(|k| k.error.clone()))
+                .next_back()
+                .unwrap_or_else(|| "rolled back".into());
+            return Some(Some(error));
+        }
+        let synced = connected.iter().all(|n| {
+            n.state == shadowplane_xds::SyncState::Synced
+                && n.target_version.parse::<u64>().unwrap_or(0) >= pushed
+        });
+        synced.then_some(None)
+    }
+
+    async fn settle_push(&mut self, cp: &ControlPlane, service: &str, m: &Managed, now: u64) {
+        let pending = self
+            .services
+            .get(service)
+            .and_then(|s| s.state.lifecycle.pending.clone());
+        let Some(p) = pending else {
+            return;
+        };
+        if self
+            .services
+            .get(service)
+            .and_then(|s| s.state.pushed_version)
+            .is_none()
+        {
+            return;
+        }
+        if let Some(error) = self.push_outcome(cp, service, now) {
+            if let Some(s) = self.services.get_mut(service) {
+                s.state.pushed_version = None;
+            }
+            self.feed(cp, service, m, Input::Pushed { id: p.id, error }, now)
+                .await;
+        }
+    }
+
+    /// Publishes the provisioner's endpoints when they changed (an instance restarted on
+    /// another port, or one went unhealthy).
+    fn refresh_endpoints(&mut self, cp: &ControlPlane, service: &str) {
+        let Some(s) = self.services.get(service) else {
+            return;
+        };
+        if s.state.lifecycle.pending.is_some() {
+            return;
+        }
+        let config = cp.config();
+        let Some(current) = config.services.iter().find(|x| x.name == service) else {
+            return;
+        };
+        let (groups, weights, mirror) =
+            desired_groups(cp, service, &s.state, self.provisioner.as_ref());
+        if groups != current.groups
+            && let Err(e) = cp.apply_managed(service, groups, weights, mirror)
+        {
+            tracing::warn!(service, "cannot publish the new endpoints: {e}");
+        }
+    }
+
+    /// Feeds every group's models with its settled windows and a system sample.
+    async fn feed_models(&mut self, cp: &ControlPlane, service: &str, m: &Managed, now: u64) {
+        let Some(s) = self.services.get_mut(service) else {
+            return;
+        };
+        let settled_before = now.saturating_sub(SETTLE_WINDOWS * self.window_ms);
+        let names: Vec<String> = s.models.keys().cloned().collect();
+        for name in names {
+            let handle = GroupHandle::new(name.clone());
+            let sample = self.provisioner.system_metrics(&handle).await.ok();
+            let Some(models) = s.models.get_mut(&name) else {
+                continue;
+            };
+            if let Some(sample) = sample {
+                models.sys_now = system_point(models.last_sys.as_ref(), &sample);
+                models.last_sys = Some(sample);
+            }
+            if models.fed_until_ms == 0 {
+                // A fresh model (start or restart): rebuild from what the store kept.
+                models.fed_until_ms =
+                    now.saturating_sub(m.model.get().window as u64 * self.window_ms);
+            }
+            let windows = match cp.store().windows(&name, models.fed_until_ms + 1) {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(service, group = %name, "cannot read telemetry: {e}");
+                    continue;
+                }
+            };
+            let fleet = s
+                .state
+                .configs
+                .get(&name)
+                .map(|c| (c.instance_type.clone(), c.instances));
+            for w in windows.iter().filter(|w| w.end_ms <= settled_before) {
+                models.fed_until_ms = w.start_ms;
+                if w.stats.requests == 0 {
+                    continue;
+                }
+                let secs = (w.end_ms - w.start_ms).max(1) as f64 / 1000.0;
+                let time = (w.start_ms / 1000) as i64;
+                let mut point = models.sys_now;
+                point.time = time;
+                point.p99_ms = w.stats.latency.quantile(0.99).unwrap_or(0.0) / 1000.0;
+                point.error_rate = error_rate(&w.stats);
+                point.rps = w.stats.requests as f64 / secs;
+                point.timeouts = w.stats.timeouts as f64 / w.stats.requests as f64;
+                point.resets = (w.stats.upstream_resets + w.stats.local_resets) as f64
+                    / w.stats.requests as f64;
+                let verdict = match models.latency.update(time, point.p99_ms, &[]) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::debug!(group = %name, "latency model: {e}");
+                        continue;
+                    }
+                };
+                let _ = models.errors.update(time, point.error_rate, &[]);
+                if let (Some(cost), Some((kind, count))) = (models.cost.as_mut(), fleet.as_ref()) {
+                    if let Ok(prices) = (PriceTable {
+                        per_hour: m.prices.clone(),
+                    })
+                    .check()
+                    {
+                        cost.set_prices(prices);
+                    }
+                    let _ = cost.update(time, &[(kind.as_str(), *count)], point.rps);
+                }
+                point.deviation = verdict.deviation;
+                models.recent.push_back(point);
+                while models.recent.len() > RECENT {
+                    models.recent.pop_front();
+                }
+                if verdict.anomalous && name == s.state.primary {
+                    let causes = causes(&models.recent, 6);
+                    s.state.anomalies.push_back(json!({
+                        "at_ms": w.start_ms,
+                        "group": name,
+                        "p99_ms": round3(point.p99_ms),
+                        "expected_ms": verdict.expected.map(round3),
+                        "deviation_sigma": round3(verdict.deviation),
+                        "score": round3(verdict.score),
+                        "severity": round3(verdict.severity),
+                        "causes": causes,
+                    }));
+                    while s.state.anomalies.len() > ANOMALIES {
+                        s.state.anomalies.pop_front();
+                    }
+                }
+            }
+        }
+    }
+
+    /// The inputs the models and the comparison give now.
+    fn observe(&mut self, cp: &ControlPlane, service: &str, m: &Managed, now: u64) -> Vec<Input> {
+        let Some(s) = self.services.get_mut(service) else {
+            return Vec::new();
+        };
+        let mut inputs = Vec::new();
+        if s.state.lifecycle.pending.is_some() {
+            return inputs;
+        }
+        // A hard failure of the primary: no instance ready, or most requests failing.
+        let primary = s.state.primary.clone();
+        if s.state.lifecycle.shadow_percent < 100 {
+            let ready = self
+                .provisioner
+                .status(&GroupHandle::new(primary.clone()))
+                .map(|g| g.instances.iter().any(|i| i.state == InstanceState::Ready));
+            let last = cp
+                .store()
+                .windows(&primary, now.saturating_sub(4 * self.window_ms))
+                .ok()
+                .and_then(|w| w.into_iter().rev().find(|w| w.stats.requests >= FAILED_MIN));
+            let failing = last
+                .as_ref()
+                .map(|w| error_rate(&w.stats))
+                .filter(|r| *r >= FAILED_SHARE);
+            if ready == Some(false) {
+                inputs.push(Input::PrimaryFailed {
+                    reason: format!("no instance of {primary} is ready"),
+                });
+            } else if let Some(r) = failing {
+                inputs.push(Input::PrimaryFailed {
+                    reason: format!(
+                        "{primary} failed {:.0}% of its last window's requests",
+                        r * 100.0
+                    ),
+                });
+            }
+        }
+        match s.state.lifecycle.phase {
+            Phase::Watching { .. } => {
+                if let Some(models) = s.models.get_mut(&primary) {
+                    let time = (now / 1000) as i64;
+                    let group = GroupForecasts {
+                        p99_ms: models.latency.forecaster(),
+                        error_rate: &models.errors,
+                        cost_per_hour: models.cost.as_ref().map(CostModel::per_hour),
+                    };
+                    let forecast = forecast_json(models, m);
+                    match models.trigger.check(time, &group) {
+                        Ok(d) => {
+                            // Severe and persistent anomalies (the design's 3 sigma rule):
+                            // p99 at least 3 sigma above its forecast in 5 of the last 6
+                            // windows, once it is past half its SLO (far below it they are
+                            // reported, not acted on).
+                            let half_slo = m.trigger.get().slo_p99_ms / 2.0;
+                            let persistent = models
+                                .recent
+                                .iter()
+                                .rev()
+                                .take(6)
+                                .filter(|p| p.deviation >= 3.0 && p.p99_ms >= half_slo)
+                                .count()
+                                >= 5;
+                            let migrate = d.action == trigger::Action::Migrate || persistent;
+                            let reason = if d.action == trigger::Action::Migrate {
+                                d.reason.clone()
+                            } else if persistent {
+                                "p99 latency at least 3 sigma above its forecast in 5 of the last 6 windows".to_string()
+                            } else {
+                                d.reason.clone()
+                            };
+                            if migrate || d.changed || s.state.last_decision.is_none() {
+                                s.state.last_decision = Some(json!({
+                                    "at_ms": now,
+                                    "action": if migrate { "migrate" } else { "stay" },
+                                    "metric": d.metric,
+                                    "severity": round3(d.severity),
+                                    "breach_at_s": d.breach_at,
+                                    "reason": reason,
+                                    "forecast": forecast,
+                                    "causes": causes(&models.recent, 6),
+                                }));
+                            }
+                            if migrate {
+                                inputs.push(Input::Trigger {
+                                    migrate: true,
+                                    reason,
+                                });
+                            }
+                        }
+                        Err(e) => tracing::debug!(service, "trigger: {e}"),
+                    }
+                }
+            }
+            Phase::WarmUp { since_ms } | Phase::Shifting { since_ms, .. } => {
+                if let Some(shadow) = s.state.shadow.clone() {
+                    let a = merged(cp.store(), &primary, since_ms);
+                    let b = merged(cp.store(), &shadow, since_ms);
+                    if let CompareVerdict::Worse(reason) = compare::compare(&a, &b, &m.compare) {
+                        inputs.push(Input::Compared {
+                            shadow_worse: true,
+                            reason,
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+        inputs
+    }
+
+    /// The status view of one service.
+    fn view(&self, cp: &ControlPlane, service: &str) -> Value {
+        let Some(s) = self.services.get(service) else {
+            return Value::Null;
+        };
+        let l = &s.state.lifecycle;
+        let m = managed(cp, service);
+        let step = match &l.phase {
+            Phase::Shifting { step, .. } => Some(*step),
+            _ => None,
+        };
+        let groups: Vec<Value> = [
+            Some((s.state.primary.clone(), "primary")),
+            s.state.shadow.clone().map(|g| (g, "shadow")),
+            s.state.releasing.clone().map(|g| (g, "released")),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|(name, role)| {
+            let status = self.provisioner.status(&GroupHandle::new(name.clone()));
+            let models = s.models.get(&name);
+            json!({
+                "name": name,
+                "role": role,
+                "config": s.state.configs.get(&name),
+                "instances": status.map(|g| g.instances),
+                "forecast": match (models, m.as_ref()) {
+                    (Some(models), Some(m)) => forecast_json(models, m),
+                    _ => Value::Null,
+                },
+            })
+        })
+        .collect();
+        json!({
+            "service": service,
+            "phase": phase_name(&l.phase),
+            "phase_state": l.phase,
+            "step": step,
+            "steps": m.as_ref().map(|m| m.policy.steps.clone()),
+            "weights": {"primary": 100 - l.shadow_percent.min(100), "shadow": l.shadow_percent},
+            "mirror_percent": l.mirror_percent,
+            "paused": l.paused,
+            "pending_push": l.pending.as_ref().map(|p| json!({"id": p.id, "shadow_percent": p.shadow_percent})),
+            "primary": s.state.primary,
+            "shadow": s.state.shadow,
+            "groups": groups,
+            "last_decision": s.state.last_decision,
+            "anomalies": s.state.anomalies,
+        })
+    }
+}
+
+/// Whether at least one node of the control plane's node group is connected and every
+/// connected one holds its newest snapshot.
+fn synced_now(cp: &ControlPlane) -> bool {
+    let group = cp.config().node_cluster;
+    let newest = cp.version();
+    cp.cache()
+        .status()
+        .into_iter()
+        .find(|g| g.group == group)
+        .is_some_and(|g| {
+            let connected: Vec<_> = g.nodes.iter().filter(|n| n.connected).collect();
+            !connected.is_empty()
+                && connected.iter().all(|n| {
+                    n.state == shadowplane_xds::SyncState::Synced
+                        && n.target_version.parse::<u64>().unwrap_or(0) >= newest
+                })
+        })
+}
+
+fn managed(cp: &ControlPlane, service: &str) -> Option<Managed> {
+    cp.config()
+        .services
+        .into_iter()
+        .find(|s| s.name == service)
+        .and_then(|s| s.managed)
+}
+
+fn phase_name(p: &Phase) -> &'static str {
+    match p {
+        Phase::Cold { .. } => "cold",
+        Phase::Watching { .. } => "watching",
+        Phase::WarmUp { .. } => "warm_up",
+        Phase::Shifting { .. } => "shifting",
+        Phase::Standby { .. } => "standby",
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+fn error_rate(s: &ClusterStats) -> f64 {
+    if s.requests == 0 {
+        return 0.0;
+    }
+    (s.responses_5xx + s.no_response) as f64 / s.requests as f64
+}
+
+/// A group's windows from `since_ms` on, merged.
+fn merged(store: &Store, group: &str, since_ms: u64) -> ClusterStats {
+    let mut all = ClusterStats::new(group);
+    if let Ok(windows) = store.windows(group, since_ms) {
+        for w in windows.iter().filter(|w| w.start_ms >= since_ms) {
+            all.merge(&w.stats);
+        }
+    }
+    all
+}
+
+/// Rates from two system samples (counters are cumulative).
+fn system_point(
+    prev: Option<&crate::provision::SystemSample>,
+    now: &crate::provision::SystemSample,
+) -> Point {
+    let secs = (now.interval_ms.max(1)) as f64 / 1000.0;
+    let rate = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => b.saturating_sub(a) as f64 / secs,
+        _ => 0.0,
+    };
+    let p = prev;
+    Point {
+        cpu: now.cpu_cores.unwrap_or(0.0),
+        rss: now.rss_bytes.unwrap_or(0) as f64,
+        faults: rate(p.and_then(|p| p.page_faults), now.page_faults),
+        disk: rate(
+            p.and_then(|p| {
+                p.disk_read_bytes
+                    .zip(p.disk_write_bytes)
+                    .map(|(r, w)| r + w)
+            }),
+            now.disk_read_bytes
+                .zip(now.disk_write_bytes)
+                .map(|(r, w)| r + w),
+        ),
+        net: rate(
+            p.and_then(|p| p.net_rx_bytes.zip(p.net_tx_bytes).map(|(r, t)| r + t)),
+            now.net_rx_bytes.zip(now.net_tx_bytes).map(|(r, t)| r + t),
+        ),
+        ..Point::default()
+    }
+}
+
+/// The root-cause ranking over the last `window` points of `recent`.
+fn causes(recent: &VecDeque<Point>, window: usize) -> Value {
+    let n = recent.len();
+    if n < window + 10 {
+        return json!([]);
+    }
+    let col = |f: fn(&Point) -> f64| recent.iter().map(f).collect::<Vec<f64>>();
+    let deviation = col(|p| p.deviation);
+    let series = [
+        ("cpu", CauseKind::SystemMetric, col(|p| p.cpu)),
+        ("memory_rss", CauseKind::SystemMetric, col(|p| p.rss)),
+        ("page_faults", CauseKind::SystemMetric, col(|p| p.faults)),
+        ("disk_io", CauseKind::SystemMetric, col(|p| p.disk)),
+        ("network_io", CauseKind::SystemMetric, col(|p| p.net)),
+        ("5xx", CauseKind::ErrorClass, col(|p| p.error_rate)),
+        ("timeouts", CauseKind::ErrorClass, col(|p| p.timeouts)),
+        ("resets", CauseKind::ErrorClass, col(|p| p.resets)),
+    ];
+    let signals: Vec<Signal<'_>> = series
+        .iter()
+        .map(|(name, kind, values)| Signal {
+            name,
+            kind: *kind,
+            values,
+        })
+        .collect();
+    match rootcause::rank(&deviation, &signals, n - window..n) {
+        Ok(causes) => json!(causes.into_iter().take(4).collect::<Vec<_>>()),
+        Err(_) => json!([]),
+    }
+}
+
+fn forecast_json(models: &Models, m: &Managed) -> Value {
+    let horizon = m.trigger.get().horizon;
+    let one = |f: &Forecaster| match f.predict(horizon, 0.95) {
+        Ok(Forecast::Ready(p)) => json!({
+            "horizon": horizon,
+            "mean": round3(p.mean),
+            "lower": round3(p.lower),
+            "upper": round3(p.upper),
+            "confidence": p.confidence,
+            "model": p.model.name(),
+        }),
+        Ok(Forecast::NotEnoughData { have, need }) => {
+            json!({"not_enough_data": {"have": have, "need": need}})
+        }
+        Err(e) => json!({"error": e.to_string()}),
+    };
+    json!({
+        "p99_ms": one(models.latency.forecaster()),
+        "error_rate": one(&models.errors),
+        "cost_per_hour": models.cost.as_ref().map(|c| one(c.per_hour())),
+        "last_p99_ms": models.recent.back().map(|p| round3(p.p99_ms)),
+        "model": models.latency.forecaster().selected().map(|k| k.name()),
+        "recent_p99_ms": models.recent.iter().rev().take(12).rev().map(|p| round3(p.p99_ms)).collect::<Vec<_>>(),
+    })
+}
+
+/// The groups, weights and mirror share `state` stands for, with the provisioner's endpoints
+/// (the last published ones while a group has none ready).
+fn desired_groups(
+    cp: &ControlPlane,
+    service: &str,
+    state: &Persisted,
+    provisioner: &dyn Provisioner,
+) -> (Vec<Group>, Weights, u32) {
+    let config = cp.config();
+    let current = config.services.iter().find(|s| s.name == service);
+    let endpoints = |name: &str| {
+        let now = provisioner.endpoints(&GroupHandle::new(name));
+        if now.is_empty() {
+            current
+                .and_then(|s| s.groups.iter().find(|g| g.name == name))
+                .map(|g| g.endpoints.clone())
+                .unwrap_or_default()
+        } else {
+            now
+        }
+    };
+    build(state, endpoints)
+}
+
+fn build(
+    state: &Persisted,
+    endpoints: impl Fn(&str) -> Vec<std::net::SocketAddr>,
+) -> (Vec<Group>, Weights, u32) {
+    let shadow_percent = state.lifecycle.shadow_percent.min(100);
+    let mut groups = vec![Group {
+        name: state.primary.clone(),
+        role: Role::Primary,
+        endpoints: endpoints(&state.primary),
+        connect_timeout_ms: 1000,
+    }];
+    if let Some(shadow) = &state.shadow {
+        groups.push(Group {
+            name: shadow.clone(),
+            role: Role::Shadow,
+            endpoints: endpoints(shadow),
+            connect_timeout_ms: 1000,
+        });
+    }
+    let weights = Weights::split(shadow_percent, state.shadow.is_some());
+    let mirror = if state.shadow.is_some() {
+        state.lifecycle.mirror_percent
+    } else {
+        0
+    };
+    (groups, weights, mirror)
+}
+
+/// Fills a managed service's groups, weights and mirror share from its persisted state.
+fn fill(service: &mut Service, state: &Persisted, provisioner: &dyn Provisioner) {
+    let (groups, weights, mirror) =
+        build(state, |name| provisioner.endpoints(&GroupHandle::new(name)));
+    service.groups = groups;
+    service.weights = weights;
+    service.mirror_percent = mirror;
+}
