@@ -189,8 +189,8 @@ pub struct Managed {
     pub group: RecordedConfig,
     /// The shadow's variant.
     pub variant: Option<Variant>,
-    /// Prices; empty when cost is not tracked.
-    pub prices: BTreeMap<String, f64>,
+    /// Prices per instance-hour; none when cost is not tracked.
+    pub prices: Option<shadowplane_model::cost::ValidPriceTable>,
     /// Phases and timers.
     pub policy: lifecycle::Policy,
     /// The trigger's policy.
@@ -845,14 +845,6 @@ fn check_lifecycle(service: &str, l: LifecycleSection) -> Result<Managed, CheckE
     spec.check()
         .map_err(|e| at(&[Key("group")], e.to_string()))?;
     let prices = l.prices.unwrap_or_default();
-    for (k, p) in &prices {
-        if !p.is_finite() || *p < 0.0 {
-            return Err(at(
-                &[Key("prices")],
-                format!("{k}: a price must be finite and not negative, got {p}"),
-            ));
-        }
-    }
     let variant_type = l
         .shadow_variant
         .as_ref()
@@ -867,6 +859,14 @@ fn check_lifecycle(service: &str, l: LifecycleSection) -> Result<Managed, CheckE
             }
         }
     }
+    let priced = !prices.is_empty();
+    let prices = priced
+        .then(|| {
+            shadowplane_model::cost::PriceTable { per_hour: prices }
+                .check()
+                .map_err(|e| at(&[Key("prices")], e.to_string()))
+        })
+        .transpose()?;
     let policy = l.policy.unwrap_or_default();
     policy.check().map_err(|m| at(&[Key("policy")], m))?;
     let trigger = l
@@ -874,7 +874,7 @@ fn check_lifecycle(service: &str, l: LifecycleSection) -> Result<Managed, CheckE
         .unwrap_or_default()
         .check()
         .map_err(|e| at(&[Key("trigger")], e.to_string()))?;
-    if trigger.get().cost_budget_per_hour.is_some() && prices.is_empty() {
+    if trigger.get().cost_budget_per_hour.is_some() && !priced {
         return Err(at(
             &[Key("trigger")],
             "cost_budget_per_hour needs `prices` to price the groups",

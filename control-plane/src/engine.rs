@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use shadowplane_model::cost::{CostModel, PriceTable};
+use shadowplane_model::cost::CostModel;
 use shadowplane_model::rootcause::{self, CauseKind, Signal};
 use shadowplane_model::trigger::{self, GroupForecasts, Trigger};
 use shadowplane_model::{Detector, Forecast, Forecaster};
@@ -125,17 +125,11 @@ struct Models {
 impl Models {
     fn new(m: &Managed) -> Models {
         let detector = m.detector.clone();
-        let cost = (!m.prices.is_empty()).then(|| {
-            let prices = PriceTable {
-                per_hour: m.prices.clone(),
-            }
-            .check();
-            prices.map(|p| CostModel::new(p, m.model.clone()))
-        });
+        let cost = m.prices.clone().map(|p| CostModel::new(p, m.model.clone()));
         Models {
             latency: Detector::new(detector, 0),
             errors: Forecaster::new(m.model.clone(), 0),
-            cost: cost.and_then(Result::ok),
+            cost,
             trigger: Trigger::new(m.trigger.clone()),
             recent: VecDeque::new(),
             fed_until_ms: 0,
@@ -353,32 +347,8 @@ impl Engine {
             Op::Pause => Input::Pause,
             Op::Resume => Input::Resume,
             Op::Abort => Input::Abort,
-            Op::Promote => {
-                let phase = self
-                    .services
-                    .get(service)
-                    .map(|s| s.state.lifecycle.phase.clone());
-                match phase {
-                    Some(Phase::Watching { .. }) | Some(Phase::Cold { .. }) => Input::Trigger {
-                        migrate: true,
-                        reason: "operator forced a promotion".into(),
-                    },
-                    _ => Input::Promote,
-                }
-            }
+            Op::Promote => Input::Promote,
         };
-        // A forced promotion from cold starts watching first: cold is over by the operator's
-        // word.
-        if op == Op::Promote
-            && let Some(s) = self.services.get_mut(service)
-            && let Phase::Cold { .. } = s.state.lifecycle.phase
-        {
-            let now = now_ms();
-            s.state.lifecycle.phase = Phase::Watching {
-                since_ms: now,
-                cooldown_until_ms: now,
-            };
-        }
         self.feed(cp, service, &m, input, now_ms()).await;
         Ok(self.view(cp, service))
     }
@@ -424,7 +394,7 @@ impl Engine {
                 tracing::error!(service, "cannot persist the lifecycle: {e}");
             }
             for action in actions {
-                if let Some(input) = self.act(cp, service, m, action, now).await {
+                if let Some(input) = self.act(cp, service, m, action).await {
                     queue.push_back(input);
                 }
             }
@@ -438,7 +408,6 @@ impl Engine {
         service: &str,
         m: &Managed,
         action: Action,
-        now: u64,
     ) -> Option<Input> {
         match action {
             Action::Event { kind, reason } => {
@@ -479,7 +448,7 @@ impl Engine {
                             tracing::error!(service, "cannot persist the lifecycle: {e}");
                         }
                         // Settled right away when no Envoy is connected: nothing to wait for.
-                        self.push_outcome(cp, service, now)
+                        self.push_outcome(cp, service)
                             .map(|error| Input::Pushed { id, error })
                     }
                     Err(e) => Some(Input::Pushed {
@@ -542,10 +511,8 @@ impl Engine {
             return;
         }
         let still_there = cp
-            .config()
-            .services
-            .iter()
-            .any(|svc| svc.groups.iter().any(|g| g.name == old));
+            .service(service)
+            .is_some_and(|svc| svc.groups.iter().any(|g| g.name == old));
         if still_there {
             return;
         }
@@ -624,21 +591,17 @@ impl Engine {
 
     /// Whether the pending push is settled: `Some(None)` ACKed everywhere, `Some(Some(e))`
     /// refused, `None` still waiting.
-    fn push_outcome(&self, cp: &ControlPlane, service: &str, _now: u64) -> Option<Option<String>> {
+    fn push_outcome(&self, cp: &ControlPlane, service: &str) -> Option<Option<String>> {
         let s = self.services.get(service)?;
         let pushed = s.state.pushed_version?;
-        let group = cp.config().node_cluster;
-        let status = cp.cache().status();
-        let Some(g) = status.into_iter().find(|g| g.group == group) else {
+        let Some(g) = node_group(cp) else {
             return Some(None);
         };
-        let connected: Vec<_> = g.nodes.iter().filter(|n| n.connected).collect();
-        if connected.is_empty() {
+        let Some(synced) = connected_synced(&g, pushed) else {
             return Some(None);
-        }
-        let stable: u64 = g.version.parse().unwrap_or(0);
-        if stable < pushed && cp.version() < pushed {
-            // Rolled back: the control plane followed the cache to an older snapshot.
+        };
+        if g.version.parse::<u64>().unwrap_or(0) < pushed {
+            // Rolled back: a node NACKed it and the cache went back to an older snapshot.
             let error = g
                 .nodes
                 .iter()
@@ -647,10 +610,6 @@ impl Engine {
                 .unwrap_or_else(|| "rolled back".into());
             return Some(Some(error));
         }
-        let synced = connected.iter().all(|n| {
-            n.state == shadowplane_xds::SyncState::Synced
-                && n.target_version.parse::<u64>().unwrap_or(0) >= pushed
-        });
         synced.then_some(None)
     }
 
@@ -670,7 +629,7 @@ impl Engine {
         {
             return;
         }
-        if let Some(error) = self.push_outcome(cp, service, now) {
+        if let Some(error) = self.push_outcome(cp, service) {
             if let Some(s) = self.services.get_mut(service) {
                 s.state.pushed_version = None;
             }
@@ -688,8 +647,7 @@ impl Engine {
         if s.state.lifecycle.pending.is_some() {
             return;
         }
-        let config = cp.config();
-        let Some(current) = config.services.iter().find(|x| x.name == service) else {
+        let Some(current) = cp.service(service) else {
             return;
         };
         let (groups, weights, mirror) =
@@ -714,6 +672,10 @@ impl Engine {
             let Some(models) = s.models.get_mut(&name) else {
                 continue;
             };
+            // A reload may have changed the prices; the forecasters see it in the data.
+            if let (Some(cost), Some(prices)) = (models.cost.as_mut(), m.prices.as_ref()) {
+                cost.set_prices(prices.clone());
+            }
             if let Some(sample) = sample {
                 models.sys_now = system_point(models.last_sys.as_ref(), &sample);
                 models.last_sys = Some(sample);
@@ -759,13 +721,6 @@ impl Engine {
                 };
                 let _ = models.errors.update(time, point.error_rate, &[]);
                 if let (Some(cost), Some((kind, count))) = (models.cost.as_mut(), fleet.as_ref()) {
-                    if let Ok(prices) = (PriceTable {
-                        per_hour: m.prices.clone(),
-                    })
-                    .check()
-                    {
-                        cost.set_prices(prices);
-                    }
                     let _ = cost.update(time, &[(kind.as_str(), *count)], point.rps);
                 }
                 point.deviation = verdict.deviation;
@@ -956,31 +911,31 @@ impl Engine {
     }
 }
 
-/// Whether at least one node of the control plane's node group is connected and every
-/// connected one holds its newest snapshot.
+/// The sync status of the control plane's node group, once a node has been seen.
+fn node_group(cp: &ControlPlane) -> Option<shadowplane_xds::GroupStatus> {
+    let group = cp.node_cluster();
+    cp.cache().status().into_iter().find(|g| g.group == group)
+}
+
+/// Whether every connected node of `g` holds `version` or newer; `None` when none is
+/// connected.
+fn connected_synced(g: &shadowplane_xds::GroupStatus, version: u64) -> Option<bool> {
+    let mut connected = g.nodes.iter().filter(|n| n.connected).peekable();
+    connected.peek()?;
+    Some(connected.all(|n| {
+        n.state == shadowplane_xds::SyncState::Synced
+            && n.target_version.parse::<u64>().unwrap_or(0) >= version
+    }))
+}
+
+/// Whether at least one node is connected and every connected one holds the snapshot in
+/// effect.
 fn synced_now(cp: &ControlPlane) -> bool {
-    let group = cp.config().node_cluster;
-    let newest = cp.version();
-    cp.cache()
-        .status()
-        .into_iter()
-        .find(|g| g.group == group)
-        .is_some_and(|g| {
-            let connected: Vec<_> = g.nodes.iter().filter(|n| n.connected).collect();
-            !connected.is_empty()
-                && connected.iter().all(|n| {
-                    n.state == shadowplane_xds::SyncState::Synced
-                        && n.target_version.parse::<u64>().unwrap_or(0) >= newest
-                })
-        })
+    node_group(cp).and_then(|g| connected_synced(&g, cp.version())) == Some(true)
 }
 
 fn managed(cp: &ControlPlane, service: &str) -> Option<Managed> {
-    cp.config()
-        .services
-        .into_iter()
-        .find(|s| s.name == service)
-        .and_then(|s| s.managed)
+    cp.service(service).and_then(|s| s.managed)
 }
 
 fn phase_name(p: &Phase) -> &'static str {
@@ -1114,12 +1069,12 @@ fn desired_groups(
     state: &Persisted,
     provisioner: &dyn Provisioner,
 ) -> (Vec<Group>, Weights, u32) {
-    let config = cp.config();
-    let current = config.services.iter().find(|s| s.name == service);
+    let current = cp.service(service);
     let endpoints = |name: &str| {
         let now = provisioner.endpoints(&GroupHandle::new(name));
         if now.is_empty() {
             current
+                .as_ref()
                 .and_then(|s| s.groups.iter().find(|g| g.name == name))
                 .map(|g| g.endpoints.clone())
                 .unwrap_or_default()

@@ -436,26 +436,10 @@ pub fn step(state: &State, input: Input, policy: &Policy, now_ms: u64) -> (State
         Input::Pushed { .. } => {} // stale outcome
         _ if s.paused || s.awaiting_shadow => {}
         Input::Trigger { migrate, reason } => {
-            if let Phase::Watching {
-                cooldown_until_ms, ..
-            } = s.phase
+            if let Phase::Watching { .. } = s.phase
                 && migrate
             {
-                if now_ms < cooldown_until_ms {
-                    out.push(event("trigger_ignored", format!("cooling down: {reason}")));
-                } else {
-                    out.push(event("migration_started", reason));
-                    let here = s.phase.clone();
-                    push(
-                        &mut s,
-                        &mut out,
-                        policy,
-                        now_ms,
-                        (policy.warmup_percent, 0),
-                        Phase::WarmUp { since_ms: now_ms },
-                        here,
-                    );
-                }
+                start_migration(&mut s, &mut out, policy, now_ms, reason);
             }
         }
         Input::Compared {
@@ -473,7 +457,21 @@ pub fn step(state: &State, input: Input, policy: &Policy, now_ms: u64) -> (State
                 );
             }
         }
-        Input::Promote => advance(&mut s, &mut out, policy, now_ms),
+        Input::Promote => match s.phase {
+            // Forced: cold ends by the operator's word, and a migration starts (a cooldown
+            // still holds).
+            Phase::Cold { .. } => {
+                s.phase = Phase::Watching {
+                    since_ms: now_ms,
+                    cooldown_until_ms: now_ms,
+                };
+                start_migration(&mut s, &mut out, policy, now_ms, PROMOTED.into());
+            }
+            Phase::Watching { .. } => {
+                start_migration(&mut s, &mut out, policy, now_ms, PROMOTED.into())
+            }
+            _ => advance(&mut s, &mut out, policy, now_ms),
+        },
         Input::Tick => match s.phase {
             Phase::Cold { since_ms } if now_ms >= since_ms + policy.cold_ms => {
                 s.phase = Phase::Watching {
@@ -500,6 +498,40 @@ pub fn step(state: &State, input: Input, policy: &Policy, now_ms: u64) -> (State
         },
     }
     (s, out)
+}
+
+/// The reason a forced promotion gives.
+const PROMOTED: &str = "operator forced a promotion";
+
+/// From watching: warm-up begins, unless a rollback's cooldown still holds.
+fn start_migration(
+    s: &mut State,
+    out: &mut Vec<Action>,
+    policy: &Policy,
+    now_ms: u64,
+    reason: String,
+) {
+    let Phase::Watching {
+        cooldown_until_ms, ..
+    } = s.phase
+    else {
+        return;
+    };
+    if now_ms < cooldown_until_ms {
+        out.push(event("trigger_ignored", format!("cooling down: {reason}")));
+        return;
+    }
+    out.push(event("migration_started", reason));
+    let here = s.phase.clone();
+    push(
+        s,
+        out,
+        policy,
+        now_ms,
+        (policy.warmup_percent, 0),
+        Phase::WarmUp { since_ms: now_ms },
+        here,
+    );
 }
 
 /// The next step up from the current phase.
@@ -790,6 +822,31 @@ mod tests {
         let (s, out) = step(&s, Input::Tick, &p, 5050);
         assert_eq!(kinds(&out), ["step_failed", "rolled_back"]);
         assert!(s.pending.is_some());
+    }
+
+    #[test]
+    fn promote_from_cold_or_watching_starts_a_migration_unless_cooling_down() {
+        let p = policy();
+        let cold = State::new(0, &p);
+        let (s, out) = step(&cold, Input::Promote, &p, 10);
+        assert_eq!(kinds(&out), ["migration_started"]);
+        assert!(matches!(
+            s.pending,
+            Some(Pending {
+                shadow_percent: 5,
+                ..
+            })
+        ));
+        let cooling = State {
+            phase: Phase::Watching {
+                since_ms: 0,
+                cooldown_until_ms: 100,
+            },
+            ..cold
+        };
+        let (s, out) = step(&cooling, Input::Promote, &p, 10);
+        assert_eq!(kinds(&out), ["trigger_ignored"]);
+        assert!(s.pending.is_none());
     }
 
     #[test]

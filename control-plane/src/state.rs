@@ -220,9 +220,26 @@ impl ControlPlane {
         lock(&self.inner).current.config.clone()
     }
 
-    /// The version of the snapshot last pushed.
+    /// The version of the snapshot in effect: the last pushed, or the one a NACK rolled the
+    /// node group back to.
     pub fn version(&self) -> u64 {
-        lock(&self.inner).generation
+        lock(&self.inner).version.parse().unwrap_or(0)
+    }
+
+    /// The Envoy node group this control plane serves.
+    pub fn node_cluster(&self) -> String {
+        lock(&self.inner).current.config.node_cluster.clone()
+    }
+
+    /// One service as now in effect (a managed one with its current groups).
+    pub fn service(&self, name: &str) -> Option<config::Service> {
+        lock(&self.inner)
+            .current
+            .config
+            .services
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
     }
 
     /// Sets a managed service's groups, weights and mirror share and pushes them; the
