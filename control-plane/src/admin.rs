@@ -15,6 +15,7 @@
 //! | POST | `/v1/telemetry` | a filter report (protobuf, bearer token); 200 once committed |
 //! | GET | `/v1/telemetry` | counters (stored, duplicates, rejected by reason) and per-cluster totals |
 //! | GET | `/v1/telemetry/CLUSTER?since_ms=T` | the stored windows of one cluster |
+//! | GET | `/v1/system/GROUP?since_ms=T` | the stored system-metrics samples of one group |
 //!
 //! Served over HTTP/1.1 and HTTP/2 (Envoy's telemetry cluster speaks HTTP/2).
 
@@ -61,6 +62,17 @@ pub async fn serve(listener: TcpListener, cp: Arc<ControlPlane>) {
                 .await;
         });
     }
+}
+
+/// The `since_ms` query parameter; 0 when absent.
+fn since_ms(query: &str) -> Result<u64, ApiError> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("since_ms="))
+        .map_or(Ok(0), |v| {
+            v.parse::<u64>()
+                .map_err(|_| ApiError::BadRequest(format!("since_ms: \"{v}\" is not a number")))
+        })
 }
 
 fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
@@ -214,18 +226,15 @@ async fn handle(cp: Arc<ControlPlane>, req: Request<Incoming>) -> Response<Full<
             }
             (Method::GET, ["v1", "telemetry"]) => cp.telemetry().map(|v| reply(StatusCode::OK, v)),
             (Method::GET, ["v1", "telemetry", cluster]) => {
-                let since = query
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("since_ms="))
-                    .map(|v| {
-                        v.parse::<u64>().map_err(|_| {
-                            ApiError::BadRequest(format!("since_ms: \"{v}\" is not a number"))
-                        })
-                    })
-                    .transpose();
                 let cluster = cluster.to_string();
-                since
-                    .and_then(|s| cp.telemetry_windows(&cluster, s.unwrap_or(0)))
+                since_ms(&query)
+                    .and_then(|s| cp.telemetry_windows(&cluster, s))
+                    .map(|v| reply(StatusCode::OK, v))
+            }
+            (Method::GET, ["v1", "system", group]) => {
+                let group = group.to_string();
+                since_ms(&query)
+                    .and_then(|s| cp.system_samples(&group, s))
                     .map(|v| reply(StatusCode::OK, v))
             }
             (_, _) => Err(ApiError::NotFound(format!("no route for {path}"))),

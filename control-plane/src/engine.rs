@@ -117,9 +117,8 @@ struct Models {
     recent: VecDeque<Point>,
     /// Start of the last window fed, ms.
     fed_until_ms: u64,
-    /// The latest system sample's counters, to turn them into rates.
-    last_sys: Option<crate::provision::SystemSample>,
-    sys_now: Point,
+    /// When the last system sample was stored (one per window is enough).
+    sys_stored_ms: u64,
 }
 
 impl Models {
@@ -133,8 +132,7 @@ impl Models {
             trigger: Trigger::new(m.trigger.clone()),
             recent: VecDeque::new(),
             fed_until_ms: 0,
-            last_sys: None,
-            sys_now: Point::default(),
+            sys_stored_ms: 0,
         }
     }
 }
@@ -676,15 +674,34 @@ impl Engine {
             if let (Some(cost), Some(prices)) = (models.cost.as_mut(), m.prices.as_ref()) {
                 cost.set_prices(prices.clone());
             }
-            if let Some(sample) = sample {
-                models.sys_now = system_point(models.last_sys.as_ref(), &sample);
-                models.last_sys = Some(sample);
+            if let Some(sample) = sample
+                && sample.at_ms >= models.sys_stored_ms + self.window_ms
+            {
+                match serde_json::to_vec(&sample) {
+                    Ok(json) => match cp.store().put_system(&name, sample.at_ms, &json, now) {
+                        Ok(()) => models.sys_stored_ms = sample.at_ms,
+                        Err(e) => tracing::warn!(group = %name, "cannot store system metrics: {e}"),
+                    },
+                    Err(e) => tracing::warn!(group = %name, "system metrics: {e}"),
+                }
             }
             if models.fed_until_ms == 0 {
                 // A fresh model (start or restart): rebuild from what the store kept.
                 models.fed_until_ms =
                     now.saturating_sub(m.model.get().window as u64 * self.window_ms);
             }
+            // The samples around the windows to feed: each window gets the rates between the
+            // first sample at or after its end and the one before.
+            let samples: Vec<crate::provision::SystemSample> = cp
+                .store()
+                .system(
+                    &name,
+                    models.fed_until_ms.saturating_sub(2 * self.window_ms),
+                )
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(_, json)| serde_json::from_slice(&json).ok())
+                .collect();
             let windows = match cp.store().windows(&name, models.fed_until_ms + 1) {
                 Ok(w) => w,
                 Err(e) => {
@@ -704,7 +721,11 @@ impl Engine {
                 }
                 let secs = (w.end_ms - w.start_ms).max(1) as f64 / 1000.0;
                 let time = (w.start_ms / 1000) as i64;
-                let mut point = models.sys_now;
+                let after = samples.partition_point(|x| x.at_ms < w.end_ms);
+                let mut point = match samples.get(after) {
+                    Some(cur) => system_point(after.checked_sub(1).map(|i| &samples[i]), cur),
+                    None => Point::default(),
+                };
                 point.time = time;
                 point.p99_ms = w.stats.latency.quantile(0.99).unwrap_or(0.0) / 1000.0;
                 point.error_rate = error_rate(&w.stats);
@@ -970,34 +991,35 @@ fn merged(store: &Store, group: &str, since_ms: u64) -> ClusterStats {
     all
 }
 
-/// Rates from two system samples (counters are cumulative).
+/// Rates from two system samples (counters are cumulative); CPU from the CPU time between
+/// them when both have it.
 fn system_point(
     prev: Option<&crate::provision::SystemSample>,
     now: &crate::provision::SystemSample,
 ) -> Point {
-    let secs = (now.interval_ms.max(1)) as f64 / 1000.0;
+    let ms = prev.map_or(now.interval_ms, |p| now.at_ms.saturating_sub(p.at_ms));
+    let secs = ms.max(1) as f64 / 1000.0;
     let rate = |a: Option<u64>, b: Option<u64>| match (a, b) {
         (Some(a), Some(b)) => b.saturating_sub(a) as f64 / secs,
         _ => 0.0,
     };
+    let total = |r: Option<u64>, w: Option<u64>| r.zip(w).map(|(r, w)| r + w);
     let p = prev;
+    let cpu = match (p.and_then(|p| p.cpu_seconds), now.cpu_seconds) {
+        (Some(a), Some(b)) => (b - a).max(0.0) / secs,
+        _ => now.cpu_cores.unwrap_or(0.0),
+    };
     Point {
-        cpu: now.cpu_cores.unwrap_or(0.0),
+        cpu,
         rss: now.rss_bytes.unwrap_or(0) as f64,
         faults: rate(p.and_then(|p| p.page_faults), now.page_faults),
         disk: rate(
-            p.and_then(|p| {
-                p.disk_read_bytes
-                    .zip(p.disk_write_bytes)
-                    .map(|(r, w)| r + w)
-            }),
-            now.disk_read_bytes
-                .zip(now.disk_write_bytes)
-                .map(|(r, w)| r + w),
+            p.and_then(|p| total(p.disk_read_bytes, p.disk_write_bytes)),
+            total(now.disk_read_bytes, now.disk_write_bytes),
         ),
         net: rate(
-            p.and_then(|p| p.net_rx_bytes.zip(p.net_tx_bytes).map(|(r, t)| r + t)),
-            now.net_rx_bytes.zip(now.net_tx_bytes).map(|(r, t)| r + t),
+            p.and_then(|p| total(p.net_rx_bytes, p.net_tx_bytes)),
+            total(now.net_rx_bytes, now.net_tx_bytes),
         ),
         ..Point::default()
     }

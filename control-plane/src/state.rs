@@ -702,6 +702,19 @@ impl ControlPlane {
         Ok(json!({"counters": counters, "clusters": clusters}))
     }
 
+    /// The stored system-metrics samples of `group` from `since_ms` on.
+    pub fn system_samples(&self, group: &str, since_ms: u64) -> Result<Value, ApiError> {
+        let rows = self
+            .store
+            .system(group, since_ms)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let samples: Vec<Value> = rows
+            .into_iter()
+            .filter_map(|(_, json)| serde_json::from_slice(&json).ok())
+            .collect();
+        Ok(json!({"group": group, "samples": samples}))
+    }
+
     /// The stored windows of `cluster` from `since_ms` on.
     pub fn telemetry_windows(&self, cluster: &str, since_ms: u64) -> Result<Value, ApiError> {
         let windows = self

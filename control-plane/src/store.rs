@@ -23,6 +23,8 @@ const SEEN: TableDefinition<(&str, &str, u64), u64> = TableDefinition::new("seen
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 /// The control plane's own state (weights, generation): key -> JSON.
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+/// System metrics sampled by the provisioner: (group, sample time ms) -> the sample as JSON.
+const SYSTEM: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("system");
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +91,7 @@ impl Store {
         tx.open_table(SEEN).map_err(dberr)?;
         tx.open_table(COUNTERS).map_err(dberr)?;
         tx.open_table(STATE).map_err(dberr)?;
+        tx.open_table(SYSTEM).map_err(dberr)?;
         tx.commit().map_err(dberr)?;
         Ok(Store {
             db,
@@ -164,9 +167,45 @@ impl Store {
                 .retain(|(_, start), _| start + self.window_ms > cutoff)
                 .map_err(dberr)?;
         }
+        {
+            let mut system = tx.open_table(SYSTEM).map_err(dberr)?;
+            system.retain(|(_, at), _| at > cutoff).map_err(dberr)?;
+        }
         let mut seen = tx.open_table(SEEN).map_err(dberr)?;
         seen.retain(|_, end| end > cutoff).map_err(dberr)?;
         Ok(())
+    }
+
+    /// Stores one system-metrics sample of `group` taken at `at_ms` (pruned with the windows).
+    pub fn put_system(
+        &self,
+        group: &str,
+        at_ms: u64,
+        sample: &[u8],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut t = tx.open_table(SYSTEM).map_err(dberr)?;
+            t.insert((group, at_ms), sample).map_err(dberr)?;
+        }
+        self.prune(&tx, now_ms)?;
+        tx.commit().map_err(dberr)
+    }
+
+    /// The system-metrics samples of `group` taken at or after `since_ms`, oldest first.
+    pub fn system(&self, group: &str, since_ms: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let t = tx.open_table(SYSTEM).map_err(dberr)?;
+        let mut out = Vec::new();
+        for row in t
+            .range((group, since_ms)..=(group, u64::MAX))
+            .map_err(dberr)?
+        {
+            let (k, v) = row.map_err(dberr)?;
+            out.push((k.value().1, v.value().to_vec()));
+        }
+        Ok(out)
     }
 
     /// Adds `by` to the counter `name` (for rejected reports, which store nothing else).
@@ -367,6 +406,31 @@ mod tests {
             store.counters().unwrap().into_iter().collect();
         assert_eq!(counters.get("reports"), Some(&4));
         assert_eq!(counters.get("duplicates"), Some(&1));
+    }
+
+    #[test]
+    fn system_samples_are_kept_per_group_in_order_survive_reopening_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        {
+            let store = Store::open(&path, 1000, 10_000).unwrap();
+            store.put_system("blue", 2_000, b"b2", 2_000).unwrap();
+            store.put_system("blue", 1_000, b"b1", 2_000).unwrap();
+            store.put_system("green", 1_500, b"g", 2_000).unwrap();
+        }
+        let store = Store::open(&path, 1000, 10_000).unwrap();
+        assert_eq!(
+            store.system("blue", 0).unwrap(),
+            vec![(1_000, b"b1".to_vec()), (2_000, b"b2".to_vec())]
+        );
+        assert_eq!(store.system("blue", 1_001).unwrap().len(), 1);
+        // Past the retention, with the next write.
+        store.put_system("blue", 11_500, b"b3", 11_500).unwrap();
+        assert_eq!(
+            store.system("blue", 0).unwrap(),
+            vec![(2_000, b"b2".to_vec()), (11_500, b"b3".to_vec())]
+        );
+        assert!(store.system("green", 0).unwrap().is_empty());
     }
 
     #[test]

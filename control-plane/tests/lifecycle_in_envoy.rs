@@ -40,6 +40,8 @@ struct Knobs {
     extra: String,
     /// Extra lines under `trigger:`.
     trigger_extra: String,
+    /// The filter's `.wasm`, when not the build's.
+    wasm: Option<PathBuf>,
 }
 
 impl Default for Knobs {
@@ -52,6 +54,7 @@ impl Default for Knobs {
             slo_p99_ms: 60.0,
             extra: String::new(),
             trigger_extra: String::new(),
+            wasm: None,
         }
     }
 }
@@ -106,7 +109,7 @@ services:
         weekly_harmonics: 0
       tick_ms: 250
 ",
-        wasm = filter_wasm().display(),
+        wasm = k.wasm.clone().unwrap_or_else(filter_wasm).display(),
         up = upstream_bin().display(),
         extra = k.extra,
         trigger_extra = k.trigger_extra,
@@ -354,6 +357,18 @@ async fn full_lifecycle_predicts_a_creeping_degradation_and_swaps_roles_without_
         "{start:#}"
     );
     assert!(decision["forecast"]["p99_ms"].is_object(), "{start:#}");
+    // The provisioner's /proc samples of the primary are stored, one per window or so.
+    let (_, system) = stack
+        .cp
+        .admin("GET", "/v1/system/checkout-1", None)
+        .await
+        .unwrap();
+    let samples = system["samples"].as_array().cloned().unwrap_or_default();
+    assert!(samples.len() >= 10, "{system:#}");
+    let last = samples.last().unwrap();
+    assert!(last["processes"].as_u64() >= Some(1), "{last:#}");
+    assert!(last["rss_bytes"].as_u64() > Some(0), "{last:#}");
+    assert!(last["cpu_seconds"].as_f64() > Some(0.0), "{last:#}");
     // Predicted: the primary's p99 was still under its SLO when the migration began.
     let last_p99 = decision["forecast"]["last_p99_ms"]
         .as_f64()
@@ -636,6 +651,90 @@ async fn a_price_rise_over_budget_migrates_to_the_cheaper_shadow_variant() {
         .cloned()
         .unwrap();
     assert_eq!(primary["config"]["instance_type"], "small", "{done:#}");
+    let r = bg.stop().await;
+    assert_eq!(r.failed, 0, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_at_a_step_fails_the_step_and_the_weights_roll_back() {
+    // The filter's code is a copy the test can break: a step's push then carries an extension
+    // config Envoy cannot load, and Envoy NACKs it.
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("shadowplane_filter.wasm");
+    std::fs::copy(filter_wasm(), &wasm).unwrap();
+    let k = Knobs {
+        cold_ms: 1000,
+        warmup_ms: 60_000,
+        step_dwell_ms: 60_000,
+        wasm: Some(wasm.clone()),
+        ..Knobs::default()
+    };
+    let stack = Stack::start(&k).await;
+    let bg = load(&stack.url().await, Duration::from_secs(60));
+    stack
+        .wait_for("watching", Duration::from_secs(15), |v| {
+            v["phase"] == "watching"
+        })
+        .await;
+    stack.op("promote").await;
+    stack
+        .wait_for("warm-up", Duration::from_secs(10), |v| {
+            v["phase"] == "warm_up" && v["pending_push"].is_null()
+        })
+        .await;
+    stack.op("promote").await;
+    stack
+        .wait_for("step 1 at 5%", Duration::from_secs(10), |v| {
+            v["step"] == 0 && v["pending_push"].is_null()
+        })
+        .await;
+    let good = std::fs::read(&wasm).unwrap();
+    std::fs::write(&wasm, b"not a wasm module").unwrap();
+    stack.op("promote").await;
+    // The step to 10% is refused by Envoy.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let failed = loop {
+        let events = stack.lifecycle_events().await;
+        if let Some(e) = events.iter().find(|e| e["kind"] == "step_failed") {
+            break e.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no step_failed: {:?}\n{}",
+            kinds(&events),
+            stack.cp.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        failed["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("push refused")),
+        "{failed:#}"
+    );
+    eprintln!("step failed: {}", failed["reason"]);
+    // With the code loadable again, the roll-back push goes through: all on the primary.
+    std::fs::write(&wasm, good).unwrap();
+    let back = stack
+        .wait_for("the rollback", Duration::from_secs(20), |v| {
+            v["phase"] == "watching" && v["weights"]["shadow"] == 0 && v["pending_push"].is_null()
+        })
+        .await;
+    assert_eq!(back["primary"], "checkout-1", "{back:#}");
+    let ks = kinds(&stack.lifecycle_events().await);
+    assert!(ks.contains(&"rolled_back".to_string()), "{ks:?}");
+    let applied: Vec<u64> = stack
+        .lifecycle_events()
+        .await
+        .iter()
+        .filter(|e| e["kind"] == "weights_applied")
+        .filter_map(|e| e["shadow_percent"].as_u64())
+        .collect();
+    assert!(
+        !applied.contains(&10),
+        "the refused step was applied: {applied:?}"
+    );
+    assert_eq!(applied.last(), Some(&0), "{applied:?}");
     let r = bg.stop().await;
     assert_eq!(r.failed, 0, "{r:?}");
 }
