@@ -164,7 +164,8 @@ pub enum Phase {
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
     /// Push weights (percent to the shadow; the rest to the primary) and the mirror share;
-    /// answer with [`Input::Pushed`] carrying `id`.
+    /// answer with [`Input::Pushed`] carrying `id`. Sessions stick to their group when the
+    /// filter routes sticky (it has a session key); without one there is nothing to stick to.
     Push {
         /// Identifies the push in [`Input::Pushed`].
         id: u64,
@@ -172,8 +173,6 @@ pub enum Action {
         shadow_percent: u32,
         /// Percent of the primary's traffic mirrored to the shadow.
         mirror_percent: u32,
-        /// Sticky sessions (warm-up and shifting keep sessions on one group).
-        sticky: bool,
     },
     /// The shadow becomes the primary and the old primary is released; create a new shadow
     /// by mirroring the new primary.
@@ -315,7 +314,6 @@ fn push(
         id,
         shadow_percent,
         mirror_percent,
-        sticky: true,
     });
 }
 
