@@ -259,7 +259,7 @@ impl Detector {
             rebaselined: false,
         };
         let warm = self.history.len() >= self.params.score_min;
-        // until the forecaster's deviations can be scored, a rolling median stands in
+        // until the forecaster's deviations can be scored, the previous value stands in
         let stand_in = match &mut self.early {
             Some(e) if !warm => e.next(value),
             _ => None,
