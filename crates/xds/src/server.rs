@@ -2,6 +2,7 @@
 
 mod contents;
 mod delta;
+mod driver;
 mod plan;
 mod sotw;
 
@@ -30,7 +31,6 @@ use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_se
 use envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::{
     RouteDiscoveryService, RouteDiscoveryServiceServer,
 };
-use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::sync::watch;
 use tonic::service::Routes;
@@ -38,7 +38,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::cache::{SnapshotCache, StreamHandle};
+use crate::cache::SnapshotCache;
 use crate::error::{Error, Result};
 use crate::resource::ResourceType;
 
@@ -162,41 +162,6 @@ impl Shutdown {
                 std::future::pending::<()>().await;
             }
         }
-    }
-}
-
-/// Why a stream woke up.
-pub(crate) enum Wake<T> {
-    Shutdown,
-    Closed,
-    Request(T),
-    Target,
-}
-
-/// Waits for the next thing a stream must react to.
-async fn wait<T>(
-    shutdown: &mut Shutdown,
-    requests: &mut Streaming<T>,
-    handle: Option<&mut StreamHandle>,
-) -> Wake<T> {
-    let target = async {
-        match handle {
-            Some(h) => h.changed().await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        biased;
-        () = shutdown.wait() => Wake::Shutdown,
-        req = requests.next() => match req {
-            Some(Ok(req)) => Wake::Request(req),
-            Some(Err(status)) => {
-                tracing::debug!(%status, "xds stream ended by the client");
-                Wake::Closed
-            }
-            None => Wake::Closed,
-        },
-        () = target => Wake::Target,
     }
 }
 
