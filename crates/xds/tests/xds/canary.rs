@@ -3,26 +3,14 @@
 use std::collections::BTreeSet;
 
 use expect_test::expect;
-use shadowplane_xds::{Error, Event, ResourceType, SnapshotCache, SyncState};
+use shadowplane_xds::{Error, Event, ResourceType, SyncState};
 
-use crate::envoy::{Sotw, WAIT, line, node};
+use crate::envoy::{WAIT, line};
 use crate::fixtures::snapshot;
-use crate::{TestServer, event, event_lines, events_until, sotw_sync_all, status_text};
+use crate::{event, event_lines, events_until, status_text, two_synced_nodes};
 
 fn canary(nodes: &[&str]) -> BTreeSet<String> {
     nodes.iter().map(|s| s.to_string()).collect()
-}
-
-async fn two_synced_nodes(cache: &SnapshotCache, server: &TestServer) -> (Sotw, Sotw) {
-    cache
-        .set_snapshot("edge", snapshot("v1", &["a", "b"], &[("a", 90), ("b", 10)]))
-        .expect("set");
-    let mut n1 = Sotw::ads(server.addr, node("n1", "edge")).await;
-    let mut n2 = Sotw::ads(server.addr, node("n2", "edge")).await;
-    sotw_sync_all(&mut n1, &["a", "b"]).await;
-    sotw_sync_all(&mut n2, &["a", "b"]).await;
-    cache.wait_synced("edge", "v1", WAIT).await.expect("v1");
-    (n1, n2)
 }
 
 fn v2() -> shadowplane_xds::Snapshot {
@@ -31,9 +19,7 @@ fn v2() -> shadowplane_xds::Snapshot {
 
 #[tokio::test]
 async fn the_others_get_the_candidate_only_after_the_canary_acked_it() {
-    let cache = SnapshotCache::new();
-    let server = TestServer::start(cache.clone()).await;
-    let (mut n1, mut n2) = two_synced_nodes(&cache, &server).await;
+    let (cache, _server, mut n1, mut n2) = two_synced_nodes().await;
     let mut events = cache.events();
 
     cache
@@ -98,9 +84,7 @@ async fn the_others_get_the_candidate_only_after_the_canary_acked_it() {
 
 #[tokio::test]
 async fn a_canary_nack_discards_the_candidate_and_the_others_never_see_it() {
-    let cache = SnapshotCache::new();
-    let server = TestServer::start(cache.clone()).await;
-    let (mut n1, mut n2) = two_synced_nodes(&cache, &server).await;
+    let (cache, _server, mut n1, mut n2) = two_synced_nodes().await;
     let mut events = cache.events();
 
     cache
@@ -149,9 +133,7 @@ async fn a_canary_nack_discards_the_candidate_and_the_others_never_see_it() {
 
 #[tokio::test]
 async fn a_canary_is_refused_for_unknown_or_missing_nodes() {
-    let cache = SnapshotCache::new();
-    let server = TestServer::start(cache.clone()).await;
-    let (_n1, _n2) = two_synced_nodes(&cache, &server).await;
+    let (cache, _server, _n1, _n2) = two_synced_nodes().await;
     let err = cache
         .set_snapshot_canary("edge", v2(), canary(&[]))
         .expect_err("empty");
@@ -172,9 +154,7 @@ async fn a_canary_is_refused_for_unknown_or_missing_nodes() {
 
 #[tokio::test]
 async fn a_plain_push_during_a_canary_replaces_it() {
-    let cache = SnapshotCache::new();
-    let server = TestServer::start(cache.clone()).await;
-    let (mut n1, mut n2) = two_synced_nodes(&cache, &server).await;
+    let (cache, _server, mut n1, mut n2) = two_synced_nodes().await;
     cache
         .set_snapshot_canary("edge", v2(), canary(&["n1"]))
         .expect("canary");

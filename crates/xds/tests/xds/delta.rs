@@ -1,19 +1,15 @@
 //! Delta: initial sync, reconnect with `initial_resource_versions`, subscribe and unsubscribe.
 
 use expect_test::expect;
-use shadowplane_xds::{Event, ResourceType, SnapshotCache};
+use shadowplane_xds::{Event, ResourceType};
 
 use crate::envoy::{Delta, WAIT, delta_line, node};
 use crate::fixtures::snapshot;
-use crate::{TestServer, delta_sync_all, event};
+use crate::{delta_sync_all, event, serve_edge};
 
 #[tokio::test]
 async fn initial_sync_then_a_reconnect_gets_only_what_changed() {
-    let cache = SnapshotCache::new();
-    cache
-        .set_snapshot("edge", snapshot("v1", &["a", "b"], &[("a", 90), ("b", 10)]))
-        .expect("set");
-    let server = TestServer::start(cache.clone()).await;
+    let (cache, server) = serve_edge(snapshot("v1", &["a", "b"], &[("a", 90), ("b", 10)])).await;
     let mut events = cache.events();
 
     let mut d = Delta::ads(server.addr, node("n1", "edge")).await;
@@ -82,11 +78,7 @@ fn resubscribe_all(
 
 #[tokio::test]
 async fn subscribe_and_unsubscribe_named_resources() {
-    let cache = SnapshotCache::new();
-    cache
-        .set_snapshot("edge", snapshot("v1", &["a", "b", "c"], &[("a", 1)]))
-        .expect("set");
-    let server = TestServer::start(cache.clone()).await;
+    let (cache, server) = serve_edge(snapshot("v1", &["a", "b", "c"], &[("a", 1)])).await;
     let mut d = Delta::ads(server.addr, node("n1", "edge")).await;
     d.subscribe(ResourceType::Endpoint, &["a"]);
     assert_eq!(
@@ -116,11 +108,7 @@ async fn subscribe_and_unsubscribe_named_resources() {
 
 #[tokio::test]
 async fn the_per_type_delta_service_serves_its_type_and_follows_changes() {
-    let cache = SnapshotCache::new();
-    cache
-        .set_snapshot("edge", snapshot("v1", &["a", "b"], &[("a", 90), ("b", 10)]))
-        .expect("set");
-    let server = TestServer::start(cache.clone()).await;
+    let (cache, server) = serve_edge(snapshot("v1", &["a", "b"], &[("a", 90), ("b", 10)])).await;
     let mut d = Delta::cds(server.addr, node("n1", "edge")).await;
     d.subscribe(ResourceType::Cluster, &[]);
     let r = d.recv_ack(ResourceType::Cluster).await;

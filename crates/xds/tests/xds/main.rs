@@ -11,12 +11,13 @@ mod sotw;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use shadowplane_xds::{Event, GroupStatus, ResourceType, SnapshotCache, serve};
+use shadowplane_xds::{Event, GroupStatus, ResourceType, Snapshot, SnapshotCache, serve};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 
-use envoy::{Delta, Sotw, WAIT};
+use envoy::{Delta, Sotw, WAIT, node};
+use fixtures::snapshot;
 
 /// `serve` on 127.0.0.1:0 in a task.
 pub struct TestServer {
@@ -64,6 +65,26 @@ impl Drop for TestServer {
             task.abort();
         }
     }
+}
+
+/// A server whose cache holds `snapshot` for the group "edge".
+pub async fn serve_edge(snapshot: Snapshot) -> (SnapshotCache, TestServer) {
+    let cache = SnapshotCache::new();
+    cache.set_snapshot("edge", snapshot).expect("set");
+    let server = TestServer::start(cache.clone()).await;
+    (cache, server)
+}
+
+/// Nodes n1 and n2 of "edge" over SotW ADS, both synced on v1 (clusters a and b, weights
+/// 90/10).
+pub async fn two_synced_nodes() -> (SnapshotCache, TestServer, Sotw, Sotw) {
+    let (cache, server) = serve_edge(snapshot("v1", &["a", "b"], &[("a", 90), ("b", 10)])).await;
+    let mut n1 = Sotw::ads(server.addr, node("n1", "edge")).await;
+    let mut n2 = Sotw::ads(server.addr, node("n2", "edge")).await;
+    sotw_sync_all(&mut n1, &["a", "b"]).await;
+    sotw_sync_all(&mut n2, &["a", "b"]).await;
+    cache.wait_synced("edge", "v1", WAIT).await.expect("v1");
+    (cache, server, n1, n2)
 }
 
 /// Waits for the first event matching `pred`, skipping others.

@@ -1,26 +1,17 @@
 //! NACK safety: record, roll the group back to the last snapshot the node held, converge.
 
 use expect_test::expect;
-use shadowplane_xds::{Error, Event, ResourceType, SnapshotCache, SyncState};
+use shadowplane_xds::{Error, Event, ResourceType, SyncState};
 
 use crate::envoy::{Delta, Sotw, WAIT, delta_line, line, node};
 use crate::fixtures::snapshot;
 use crate::{
-    TestServer, delta_sync_all, event, event_lines, events_until, sotw_sync_all, status_text,
+    delta_sync_all, event, event_lines, events_until, serve_edge, status_text, two_synced_nodes,
 };
 
 #[tokio::test]
 async fn a_nack_rolls_the_group_back_and_every_node_converges() {
-    let cache = SnapshotCache::new();
-    cache
-        .set_snapshot("edge", snapshot("v1", &["a", "b"], &[("a", 90), ("b", 10)]))
-        .expect("set");
-    let server = TestServer::start(cache.clone()).await;
-    let mut n1 = Sotw::ads(server.addr, node("n1", "edge")).await;
-    let mut n2 = Sotw::ads(server.addr, node("n2", "edge")).await;
-    sotw_sync_all(&mut n1, &["a", "b"]).await;
-    sotw_sync_all(&mut n2, &["a", "b"]).await;
-    cache.wait_synced("edge", "v1", WAIT).await.expect("v1");
+    let (cache, _server, mut n1, mut n2) = two_synced_nodes().await;
     let mut events = cache.events();
 
     cache
@@ -112,11 +103,7 @@ async fn a_nack_rolls_the_group_back_and_every_node_converges() {
 
 #[tokio::test]
 async fn a_nack_with_nothing_to_roll_back_to_is_recorded_and_not_resent() {
-    let cache = SnapshotCache::new();
-    cache
-        .set_snapshot("edge", snapshot("v1", &["a"], &[("a", 1)]))
-        .expect("set");
-    let server = TestServer::start(cache.clone()).await;
+    let (cache, server) = serve_edge(snapshot("v1", &["a"], &[("a", 1)])).await;
     let mut events = cache.events();
     let mut e = Sotw::ads(server.addr, node("n1", "edge")).await;
     e.subscribe(ResourceType::Cluster, &[]);
@@ -157,11 +144,7 @@ async fn a_nack_with_nothing_to_roll_back_to_is_recorded_and_not_resent() {
 
 #[tokio::test]
 async fn a_delta_nack_rolls_back_and_resends_what_was_rejected() {
-    let cache = SnapshotCache::new();
-    cache
-        .set_snapshot("edge", snapshot("v1", &["a"], &[("a", 1)]))
-        .expect("set");
-    let server = TestServer::start(cache.clone()).await;
+    let (cache, server) = serve_edge(snapshot("v1", &["a"], &[("a", 1)])).await;
     let mut d = Delta::ads(server.addr, node("n1", "edge")).await;
     delta_sync_all(&mut d, &["a"]).await;
     cache.wait_synced("edge", "v1", WAIT).await.expect("v1");

@@ -1,11 +1,11 @@
 //! Make-before-break over ADS: clusters before the routes naming them, removals after.
 
 use expect_test::expect;
-use shadowplane_xds::{ResourceType, SnapshotCache};
+use shadowplane_xds::ResourceType;
 
 use crate::envoy::{Delta, Sotw, WAIT, delta_line, line, node, routed_clusters};
 use crate::fixtures::snapshot;
-use crate::{TestServer, delta_sync_all, sotw_sync_all};
+use crate::{delta_sync_all, serve_edge, sotw_sync_all};
 
 /// v1 routes to a and b; v2 replaces b by c.
 fn v1() -> shadowplane_xds::Snapshot {
@@ -18,9 +18,7 @@ fn v2() -> shadowplane_xds::Snapshot {
 
 #[tokio::test]
 async fn sotw_adds_clusters_before_routes_and_removes_them_after() {
-    let cache = SnapshotCache::new();
-    cache.set_snapshot("edge", v1()).expect("set");
-    let server = TestServer::start(cache.clone()).await;
+    let (cache, server) = serve_edge(v1()).await;
     let mut e = Sotw::ads(server.addr, node("n1", "edge")).await;
     sotw_sync_all(&mut e, &["a", "b"]).await;
     cache.wait_synced("edge", "v1", WAIT).await.expect("v1");
@@ -71,9 +69,7 @@ async fn sotw_adds_clusters_before_routes_and_removes_them_after() {
 
 #[tokio::test]
 async fn delta_adds_clusters_before_routes_and_removes_them_after() {
-    let cache = SnapshotCache::new();
-    cache.set_snapshot("edge", v1()).expect("set");
-    let server = TestServer::start(cache.clone()).await;
+    let (cache, server) = serve_edge(v1()).await;
     let mut d = Delta::ads(server.addr, node("n1", "edge")).await;
     delta_sync_all(&mut d, &["a", "b"]).await;
     cache.wait_synced("edge", "v1", WAIT).await.expect("v1");
@@ -114,11 +110,7 @@ async fn delta_adds_clusters_before_routes_and_removes_them_after() {
 
 #[tokio::test]
 async fn a_weight_change_sends_only_the_filter_config_then_the_route() {
-    let cache = SnapshotCache::new();
-    cache
-        .set_snapshot("edge", snapshot("v1", &["a", "b"], &[("a", 90), ("b", 10)]))
-        .expect("set");
-    let server = TestServer::start(cache.clone()).await;
+    let (cache, server) = serve_edge(snapshot("v1", &["a", "b"], &[("a", 90), ("b", 10)])).await;
     let mut e = Sotw::ads(server.addr, node("n1", "edge")).await;
     sotw_sync_all(&mut e, &["a", "b"]).await;
     cache.wait_synced("edge", "v1", WAIT).await.expect("v1");

@@ -7,15 +7,13 @@ use shadowplane_xds::{Error, Event, ResourceType, SnapshotCache, SyncState};
 
 use crate::envoy::{Sotw, WAIT, line, node};
 use crate::fixtures::{builder, snapshot};
-use crate::{TestServer, drain, event, event_lines, events_until, sotw_sync_all, status_text};
+use crate::{
+    TestServer, drain, event, event_lines, events_until, serve_edge, sotw_sync_all, status_text,
+};
 
 #[tokio::test]
 async fn initial_sync_serves_all_five_types_and_reports_synced() {
-    let cache = SnapshotCache::new();
-    cache
-        .set_snapshot("edge", snapshot("v1", &["a", "b"], &[("a", 90), ("b", 10)]))
-        .expect("set");
-    let server = TestServer::start(cache.clone()).await;
+    let (cache, server) = serve_edge(snapshot("v1", &["a", "b"], &[("a", 90), ("b", 10)])).await;
     let mut events = cache.events();
 
     let mut e = Sotw::ads(server.addr, node("n1", "edge")).await;
@@ -69,11 +67,7 @@ async fn initial_sync_serves_all_five_types_and_reports_synced() {
 
 #[tokio::test]
 async fn acks_are_recorded_and_stale_nonces_ignored() {
-    let cache = SnapshotCache::new();
-    cache
-        .set_snapshot("edge", snapshot("v1", &["a"], &[("a", 1)]))
-        .expect("set");
-    let server = TestServer::start(cache.clone()).await;
+    let (cache, server) = serve_edge(snapshot("v1", &["a"], &[("a", 1)])).await;
     let mut events = cache.events();
     let mut e = Sotw::cds(server.addr, node("n1", "edge")).await;
     e.subscribe(ResourceType::Cluster, &[]);
@@ -141,11 +135,7 @@ async fn acks_are_recorded_and_stale_nonces_ignored() {
 
 #[tokio::test]
 async fn a_per_type_stream_serves_its_type_and_streams_of_a_node_are_counted() {
-    let cache = SnapshotCache::new();
-    cache
-        .set_snapshot("edge", snapshot("v1", &["a", "b"], &[("a", 1)]))
-        .expect("set");
-    let server = TestServer::start(cache.clone()).await;
+    let (cache, server) = serve_edge(snapshot("v1", &["a", "b"], &[("a", 1)])).await;
     let mut events = cache.events();
 
     let mut cds = Sotw::cds(server.addr, node("n1", "edge")).await;
@@ -186,11 +176,7 @@ async fn a_per_type_stream_serves_its_type_and_streams_of_a_node_are_counted() {
 
 #[tokio::test]
 async fn connected_and_disconnected_are_emitted_once_per_node() {
-    let cache = SnapshotCache::new();
-    cache
-        .set_snapshot("edge", snapshot("v1", &["a"], &[("a", 1)]))
-        .expect("set");
-    let server = TestServer::start(cache.clone()).await;
+    let (cache, server) = serve_edge(snapshot("v1", &["a"], &[("a", 1)])).await;
     let mut events = cache.events();
     let mut cds = Sotw::cds(server.addr, node("n1", "edge")).await;
     cds.subscribe(ResourceType::Cluster, &[]);
@@ -237,11 +223,7 @@ async fn bad_streams_fail_with_invalid_argument() {
 
 #[tokio::test]
 async fn a_type_ads_does_not_serve_is_ignored() {
-    let cache = SnapshotCache::new();
-    cache
-        .set_snapshot("edge", snapshot("v1", &["a"], &[("a", 1)]))
-        .expect("set");
-    let server = TestServer::start(cache.clone()).await;
+    let (_cache, server) = serve_edge(snapshot("v1", &["a"], &[("a", 1)])).await;
     let mut e = Sotw::ads(server.addr, node("n1", "edge")).await;
     e.send(
         envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest {
@@ -256,11 +238,7 @@ async fn a_type_ads_does_not_serve_is_ignored() {
 
 #[tokio::test]
 async fn a_refused_snapshot_never_reaches_envoy() {
-    let cache = SnapshotCache::new();
-    cache
-        .set_snapshot("edge", snapshot("v1", &["a"], &[("a", 1)]))
-        .expect("set");
-    let server = TestServer::start(cache.clone()).await;
+    let (cache, server) = serve_edge(snapshot("v1", &["a"], &[("a", 1)])).await;
     let mut e = Sotw::ads(server.addr, node("n1", "edge")).await;
     sotw_sync_all(&mut e, &["a"]).await;
 
@@ -283,11 +261,7 @@ async fn a_refused_snapshot_never_reaches_envoy() {
 
 #[tokio::test]
 async fn wait_synced_times_out_with_a_typed_error() {
-    let cache = SnapshotCache::new();
-    cache
-        .set_snapshot("edge", snapshot("v1", &["a"], &[("a", 1)]))
-        .expect("set");
-    let server = TestServer::start(cache.clone()).await;
+    let (cache, server) = serve_edge(snapshot("v1", &["a"], &[("a", 1)])).await;
     let mut e = Sotw::ads(server.addr, node("n1", "edge")).await;
     e.subscribe(ResourceType::Cluster, &[]);
     let _unacked = e.recv().await;
@@ -305,11 +279,7 @@ async fn wait_synced_times_out_with_a_typed_error() {
 
 #[tokio::test]
 async fn shutdown_ends_the_streams_and_serve_returns() {
-    let cache = SnapshotCache::new();
-    cache
-        .set_snapshot("edge", snapshot("v1", &["a"], &[("a", 1)]))
-        .expect("set");
-    let server = TestServer::start(cache.clone()).await;
+    let (_cache, server) = serve_edge(snapshot("v1", &["a"], &[("a", 1)])).await;
     let mut e = Sotw::ads(server.addr, node("n1", "edge")).await;
     e.subscribe(ResourceType::Cluster, &[]);
     e.recv_ack(ResourceType::Cluster).await;
