@@ -172,7 +172,8 @@ pub struct LifecycleSection {
     /// `compare::ComparePolicy`.
     #[serde(default)]
     pub compare: Option<ComparePolicy>,
-    /// The forecasters' parameters, in telemetry windows. Default: the model's defaults.
+    /// The forecasters' parameters, in telemetry windows. Default: the model's defaults, and
+    /// `bound_horizon` is always on (the trigger reads multi-step intervals).
     #[serde(default)]
     pub model: Option<shadowplane_model::ForecasterParams>,
     /// How often the engine looks at the service, milliseconds. Default: 1000.
@@ -882,11 +883,13 @@ fn check_lifecycle(service: &str, l: LifecycleSection) -> Result<Managed, CheckE
     }
     let compare = l.compare.unwrap_or_default();
     compare.check().map_err(|m| at(&[Key("compare")], m))?;
-    let model = l
-        .model
-        .unwrap_or_default()
-        .check()
-        .map_err(|e| at(&[Key("model")], e.to_string()))?;
+    // The trigger reads intervals up to its horizon: multi-step forecasts stay bounded.
+    let model = shadowplane_model::ForecasterParams {
+        bound_horizon: true,
+        ..l.model.unwrap_or_default()
+    }
+    .check()
+    .map_err(|e| at(&[Key("model")], e.to_string()))?;
     let detector = shadowplane_model::DetectorParams {
         forecaster: model.get().clone(),
         ..Default::default()

@@ -84,6 +84,12 @@ pub struct ForecasterParams {
     pub ridge: f64,
     /// The candidate models. Default all four.
     pub candidates: Vec<ModelKind>,
+    /// Keep every forecast after the first step within twice the recent range beyond the
+    /// recent extremes. A regression whose lag coefficients are explosive grows geometrically
+    /// over the horizon, and one such forecast among the calibration errors widens every later
+    /// interval at that horizon: for a consumer of multi-step intervals (the migration
+    /// trigger) this matters; one-step scoring does not read them. Default false.
+    pub bound_horizon: bool,
 }
 
 impl Default for ForecasterParams {
@@ -106,6 +112,7 @@ impl Default for ForecasterParams {
                 ModelKind::HoltWinters,
                 ModelKind::Regression,
             ],
+            bound_horizon: false,
         }
     }
 }
@@ -702,6 +709,12 @@ impl Forecaster {
             .extend((1..=h as Time).map(|k| last + k * cadence.step()));
         let values = &self.values[..end];
         let last_exog = &self.exog[(end - 1) * self.n_exog..end * self.n_exog];
+        let bound = self
+            .params
+            .get()
+            .bound_horizon
+            .then(|| recent_bound(values, h))
+            .flatten();
         for c in &mut self.candidates {
             if !c.ok {
                 c.issued.clear();
@@ -721,9 +734,30 @@ impl Forecaster {
                 }
                 State::Regression(None) => {}
             }
+            if let Some((floor, ceiling)) = bound {
+                for v in out.iter_mut().skip(1) {
+                    *v = v.clamp(floor, ceiling);
+                }
+            }
             c.issued.push_back(out);
         }
     }
+}
+
+/// The band multi-step forecasts are kept in (`bound_horizon`): the extremes of the last
+/// `4 h + 8` values, widened by twice their range; `None` without finite values.
+fn recent_bound(values: &[f64], h: usize) -> Option<(f64, f64)> {
+    let recent = &values[values.len().saturating_sub(4 * h + 8)..];
+    let (lo, hi) = recent
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    (lo <= hi).then(|| {
+        let span = (hi - lo).max(1e-9 * (1.0 + hi.abs()));
+        (lo - 2.0 * span, hi + 2.0 * span)
+    })
 }
 
 fn block_mean(blocks: &VecDeque<f64>, last: usize) -> Option<f64> {
@@ -759,6 +793,38 @@ mod tests {
             })
             .collect();
         (times, values)
+    }
+
+    #[test]
+    fn bound_horizon_keeps_an_explosive_forecast_near_the_recent_range() {
+        // Growth by half a step: 12 steps ahead is 130 times the last value.
+        let run = |bound_horizon: bool| {
+            let p = ForecasterParams {
+                warmup: 20,
+                refit_every: 5,
+                min_calibration: 1,
+                lags: vec![1],
+                daily_harmonics: 0,
+                weekly_harmonics: 0,
+                candidates: vec![ModelKind::Regression],
+                bound_horizon,
+                ..ForecasterParams::default()
+            }
+            .check()
+            .unwrap();
+            let mut f = Forecaster::new(p, 0);
+            let mut last = 0.0;
+            for i in 0..60 {
+                last = 1.5f64.powi(i);
+                f.update(i as Time * 60, last, &[]).unwrap();
+            }
+            (f.predict(12, 0.95).unwrap().ready().unwrap().mean, last)
+        };
+        let (free, last) = run(false);
+        assert!(free > 100.0 * last, "{free} {last}");
+        let (bounded, last) = run(true);
+        assert!(bounded <= 3.0 * last + 1e-6 * last, "{bounded} {last}");
+        assert!(bounded > last, "{bounded} {last}");
     }
 
     #[test]
