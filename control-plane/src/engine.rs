@@ -901,9 +901,15 @@ impl Engine {
         .map(|(name, role)| {
             let status = self.provisioner.status(&GroupHandle::new(name.clone()));
             let models = s.models.get(&name);
+            // Envoy's own view of the group over the last 10 s: for a cold shadow, the
+            // latency of the mirrored requests, which the filter cannot see.
+            let envoy = cp
+                .envoy_stats()
+                .summary(&name, now_ms().saturating_sub(10_000));
             json!({
                 "name": name,
                 "role": role,
+                "envoy_upstream": envoy,
                 "config": s.state.configs.get(&name),
                 "instances": status.map(|g| g.instances),
                 "forecast": match (models, m.as_ref()) {

@@ -17,6 +17,7 @@ mod compare;
 mod config;
 mod detect;
 mod engine;
+mod envoy_stats;
 mod lifecycle;
 mod provision;
 mod resources;
@@ -231,15 +232,19 @@ async fn serve(path: PathBuf, cfg: config::Config) -> anyhow::Result<()> {
         tokio::spawn(engine.run(std::sync::Arc::clone(&cp)));
     }
     tracing::info!(%xds_addr, %admin_addr, "shadowplane serving");
-    let shutdown = async {
+    // Ends the metrics streams on shutdown, as the xDS server ends its own.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
         }
+        let _ = stop_tx.send(true);
     };
-    shadowplane_xds::serve(cache, xds, shutdown).await?;
+    let sink = envoy_stats::Sink::server(std::sync::Arc::clone(cp.envoy_stats()), stop_rx);
+    shadowplane_xds::serve_with(cache, xds, shutdown, |routes| routes.add_service(sink)).await?;
     Ok(())
 }
 
@@ -458,6 +463,15 @@ fn print_lifecycle(s: &Value) {
             forecast,
             g["forecast"]["last_p99_ms"]
         );
+        let e = &g["envoy_upstream"];
+        if e["requests"].is_number() {
+            println!(
+                "           Envoy, last 10 s: {} requests (mirrored ones too), p50 {:.1} ms, p99 {:.1} ms",
+                e["requests"],
+                e["p50_ms"].as_f64().unwrap_or(0.0),
+                e["p99_ms"].as_f64().unwrap_or(0.0)
+            );
+        }
     }
     if let Some(d) = s["last_decision"].as_object() {
         println!(

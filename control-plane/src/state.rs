@@ -108,6 +108,8 @@ pub struct ControlPlane {
     store: Store,
     /// Per managed service, what the lifecycle engine last published.
     lifecycle: Mutex<BTreeMap<String, Value>>,
+    /// Envoy's own per-cluster request times, from its stats sink.
+    envoy_stats: Arc<crate::envoy_stats::EnvoyStats>,
     commands: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<crate::engine::Command>>,
 }
 
@@ -188,6 +190,7 @@ impl ControlPlane {
             events: Mutex::new((0, VecDeque::new())),
             store,
             lifecycle: Mutex::new(BTreeMap::new()),
+            envoy_stats: Arc::default(),
             commands: std::sync::OnceLock::new(),
         });
         Ok(cp)
@@ -203,6 +206,11 @@ impl ControlPlane {
             });
         Store::open(&config.store_path, window_ms, config.retention_ms)
             .map_err(|e| anyhow::anyhow!("{e} ({})", config.store_path.display()))
+    }
+
+    /// Envoy's own per-cluster request times (the cold shadow's mirrored requests among them).
+    pub fn envoy_stats(&self) -> &Arc<crate::envoy_stats::EnvoyStats> {
+        &self.envoy_stats
     }
 
     /// The telemetry store.

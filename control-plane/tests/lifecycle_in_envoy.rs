@@ -320,6 +320,25 @@ async fn full_lifecycle_predicts_a_creeping_degradation_and_swaps_roles_without_
             v["phase"] == "watching"
         })
         .await;
+    // The cold shadow's latency is measured on the mirrored requests (through Envoy's own
+    // statistics: the filter never sees mirrored requests). Clients do not wait for them.
+    stack.set_delay("shadow", 25).await;
+    let mirrored = stack
+        .wait_for(
+            "the shadow's mirrored latency",
+            Duration::from_secs(20),
+            |v| {
+                v["groups"][1]["envoy_upstream"]["p50_ms"]
+                    .as_f64()
+                    .is_some_and(|p| p >= 25.0)
+            },
+        )
+        .await;
+    eprintln!(
+        "mirrored to the shadow: {}",
+        mirrored["groups"][1]["envoy_upstream"]
+    );
+    stack.set_delay("shadow", 0).await;
     // Let the primary's models learn its normal latency.
     stack
         .wait_for(

@@ -63,5 +63,5 @@ pub use cache::{
 };
 pub use error::{Error, Result};
 pub use resource::{Resource, ResourceType};
-pub use server::{serve, xds_routes, xds_routes_with_shutdown};
+pub use server::{serve, serve_with, xds_routes, xds_routes_with_shutdown};
 pub use snapshot::{Snapshot, SnapshotBuilder};

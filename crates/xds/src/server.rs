@@ -94,6 +94,17 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    serve_with(cache, listener, shutdown, |routes| routes).await
+}
+
+/// [`serve`], with more gRPC services on the same port: `extend` adds them to the xDS routes
+/// (for example the metrics service Envoy's stats sink streams to over the same cluster).
+pub async fn serve_with(
+    cache: SnapshotCache,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+    extend: impl FnOnce(Routes) -> Routes,
+) -> Result<()> {
     let (tx, rx) = watch::channel(false);
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
@@ -106,7 +117,7 @@ pub async fn serve(
     Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .add_routes(xds_routes_with_shutdown(cache, rx))
+        .add_routes(extend(xds_routes_with_shutdown(cache, rx)))
         .serve_with_incoming_shutdown(incoming, signal)
         .await?;
     Ok(())
