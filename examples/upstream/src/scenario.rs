@@ -299,8 +299,8 @@ pub struct ReactiveFile {
     pub error_rate: Option<f64>,
 }
 
-/// A checked scenario.
-#[derive(Debug, Clone, PartialEq)]
+/// A checked scenario. Serializes (as JSON for a report) with every default filled in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Scenario {
     /// Its name.
     pub name: String,
@@ -337,7 +337,7 @@ pub struct Scenario {
 }
 
 /// A checked phase.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Phase {
     /// When it starts, scenario seconds.
     pub at_s: f64,
@@ -346,7 +346,7 @@ pub struct Phase {
 }
 
 /// A checked group.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Group {
     /// Name (Envoy cluster).
     pub name: String,
@@ -368,7 +368,7 @@ pub struct Group {
 }
 
 /// A checked load.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Load {
     /// Rate points, `at_s` increasing.
     pub rate: Vec<RatePoint>,
@@ -1078,6 +1078,74 @@ impl Scenario {
     }
 }
 
+/// One request of the load, planned: when to send it and in which session.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlannedRequest {
+    /// Wall time after the start at which to send it.
+    pub wall_offset: Duration,
+    /// Its scenario time.
+    pub scenario_s: f64,
+    /// Its session, from 0 to `load.sessions - 1`; [`Load::session_key`] names it.
+    pub session: u32,
+}
+
+/// The load's requests in time order: Poisson arrivals at the scenario's rate, each in a
+/// session drawn uniformly, reproducible from the scenario's seed. Made by
+/// [`Scenario::requests`]; ends at the end of the run.
+#[derive(Debug, Clone)]
+pub struct RequestPlan<'a> {
+    scenario: &'a Scenario,
+    rng: fastrand::Rng,
+    wall_s: f64,
+}
+
+impl Iterator for RequestPlan<'_> {
+    type Item = PlannedRequest;
+
+    fn next(&mut self) -> Option<PlannedRequest> {
+        let s = self.scenario;
+        let end_wall = s.duration_s / s.time_scale;
+        loop {
+            let rate = s.rate_at(s.start_s + self.wall_s * s.time_scale);
+            if rate <= 0.0 {
+                // Idle: look again a little later; the rate only changes smoothly.
+                self.wall_s += 0.1;
+            } else {
+                // 1 - u keeps the logarithm's argument in (0, 1].
+                self.wall_s += -(1.0 - self.rng.f64()).ln() / rate;
+            }
+            if self.wall_s >= end_wall {
+                return None;
+            }
+            if rate > 0.0 {
+                return Some(PlannedRequest {
+                    wall_offset: Duration::from_secs_f64(self.wall_s),
+                    scenario_s: s.start_s + self.wall_s * s.time_scale,
+                    session: self.rng.u32(0..s.load.sessions),
+                });
+            }
+        }
+    }
+}
+
+impl Load {
+    /// The value of the session header for session `n`: `s-N`.
+    pub fn session_key(&self, n: u32) -> String {
+        format!("s-{n}")
+    }
+}
+
+impl Scenario {
+    /// Every request of the run, planned: what a load generator sends, and when.
+    pub fn requests(&self) -> RequestPlan<'_> {
+        RequestPlan {
+            scenario: self,
+            rng: fastrand::Rng::with_seed(self.load.seed),
+            wall_s: 0.0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1200,6 +1268,13 @@ load:
     fn defaults_fill_in_a_minimal_scenario() {
         let s = scenario(MINIMAL);
         assert_eq!(s.name, "t");
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            json["primary"]["profile"]["base"]["latency_median_ms"],
+            20.0
+        );
+        assert_eq!(json["load"]["session_header"], "x-session-id");
+        assert_eq!(json["reactive"]["failed_checks"], 3);
         assert_eq!(
             (s.seed, s.time_scale, s.start_s, s.end_s()),
             (1, 1.0, 0.0, 600.0)
@@ -1380,6 +1455,47 @@ load:
         assert!(
             e.contains("no scenario named \"no-such\"; there are: ") && e.contains("step-failure"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn the_request_plan_follows_the_rate_and_is_reproducible() {
+        let s = find(&shipped_dir(), "creeping-degradation").unwrap();
+        let plan: Vec<PlannedRequest> = s.requests().collect();
+        // 40 per second for 180 s: 7200, give or take a few standard deviations (85).
+        assert!(
+            (6900..7500).contains(&plan.len()),
+            "{} requests",
+            plan.len()
+        );
+        assert!(
+            plan.windows(2)
+                .all(|w| w[1].wall_offset >= w[0].wall_offset)
+        );
+        assert!(plan.iter().all(|r| r.session < s.load.sessions));
+        let sessions: BTreeSet<u32> = plan.iter().map(|r| r.session).collect();
+        assert_eq!(
+            sessions.len(),
+            s.load.sessions as usize,
+            "every session gets requests"
+        );
+        let again: Vec<PlannedRequest> = s.requests().take(100).collect();
+        assert_eq!(&plan[..100], &again[..]);
+        let last = plan.last().unwrap();
+        assert!(last.scenario_s < s.end_s() && last.wall_offset < s.wall_duration());
+        assert_eq!(s.load.session_key(7), "s-7");
+
+        // The daily cycle shows: the afternoon hour gets about three times the night's.
+        let d = find(&shipped_dir(), "diurnal-noise").unwrap();
+        let hour = |h: f64| {
+            d.requests()
+                .filter(|r| r.scenario_s >= h * 3600.0 && r.scenario_s < (h + 1.0) * 3600.0)
+                .count() as f64
+        };
+        let (night, peak) = (hour(2.0), hour(14.0));
+        assert!(
+            peak / night > 2.5 && peak / night < 3.5,
+            "{night} at 02:00, {peak} at 14:00"
         );
     }
 }

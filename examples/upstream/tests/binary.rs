@@ -377,3 +377,64 @@ fn bad_arguments_exit_2_naming_the_field() {
         "{stderr}"
     );
 }
+
+/// The CPU time the process has used (user and system), from `/proc/PID/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which ends at the last ')': utime and stime are the
+    // 12th and 13th of them, in clock ticks (100 a second on Linux).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shipped_scenario_launches_as_xtask_will_run_it() {
+    use shadowplane_example_upstream::scenario::{self, LaunchContext};
+    let s = scenario::find(&scenario::shipped_dir(), "cpu-contention").unwrap();
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // The run started 150 wall seconds ago, so the contention is at full strength now.
+    let ctx = LaunchContext {
+        upstream: BIN.into(),
+        epoch_unix_ms: now_ms - 150_000,
+        whole_profile: true,
+    };
+    let launch = s.launch(&s.primary, &ctx);
+    assert_eq!(launch.program, BIN);
+    let mut args: Vec<&str> = launch.args.iter().map(String::as_str).collect();
+    args.extend(["--name", "probe"]);
+    let up = Running::start(&args);
+    let mut conn = Conn::open(up.addr).await;
+    let state = conn.state().await;
+    assert_eq!(
+        state["profile"],
+        serde_json::to_value(s.primary.profile.profile()).unwrap()
+    );
+    // 150 wall seconds at 20x: 3000 s, 1800 s into the contention: full strength.
+    let t = state["scenario_s"].as_f64().unwrap();
+    assert!((3000.0..3060.0).contains(&t), "scenario time {t}");
+    assert_eq!(
+        state["active"],
+        serde_json::json!(["noise", "cpu_contention"])
+    );
+    assert_eq!(state["params"]["background_cores"], 0.2);
+    assert_eq!(state["params"]["cpu_ms"], 3.0);
+    let want = s.params_at(&s.primary, t).latency_median_ms;
+    let got = state["params"]["latency_median_ms"].as_f64().unwrap();
+    assert!(
+        (got / want - 1.0).abs() < 0.05,
+        "median {got} against {want}"
+    );
+
+    // The background thread really burns CPU: 0.2 cores, so about 0.2 s a second.
+    let before = cpu_seconds(up.pid());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_seconds(up.pid()) - before;
+    eprintln!("background CPU: {used:.2} s in 2 s at 0.2 cores");
+    assert!((0.2..0.8).contains(&used), "{used} s of CPU in 2 s");
+    assert_eq!(up.terminate(), Some(0));
+}
