@@ -1,5 +1,5 @@
 //! `example-upstream`: an HTTP/1.1 service whose latency, errors, CPU and memory follow a
-//! [profile](shadowplane_example_upstream::profile) over compressible scenario time, for the
+//! [profile] over compressible scenario time, for the
 //! demo's and the migration bench's groups.
 //!
 //! ```text
@@ -95,8 +95,11 @@ struct State {
     received: AtomicU64,
     served: AtomicU64,
     errors: AtomicU64,
-    /// The memory held: 1 MiB chunks, every page written so it counts in the RSS.
-    ballast: Mutex<Vec<Box<[u8]>>>,
+    /// The memory held, every byte written so it counts in the RSS. One buffer, grown and
+    /// shrunk in place: glibc keeps a buffer this large in its own mapping and resizes it
+    /// with mremap, so shrinking returns the pages. (Chunks freed one by one stay in the
+    /// heap once glibc has raised its mmap threshold, and the RSS would not go down.)
+    ballast: Mutex<Vec<u8>>,
     /// Cores to burn in the background, as `f64` bits.
     background: AtomicU64,
 }
@@ -207,7 +210,9 @@ fn setup(args: Args) -> anyhow::Result<(Arc<State>, u16)> {
         received: AtomicU64::new(0),
         served: AtomicU64::new(0),
         errors: AtomicU64::new(0),
-        ballast: Mutex::new(Vec::new()),
+        // Never below 1 MiB of capacity (untouched, so not resident): freeing the mapping
+        // would raise glibc's mmap threshold and move the next growth into the heap.
+        ballast: Mutex::new(Vec::with_capacity(MIB)),
         background: AtomicU64::new(0f64.to_bits()),
     });
     Ok((state, port))
@@ -284,15 +289,23 @@ fn adjust(state: &State) -> f64 {
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .params_at(state.clock.now_s(), state.seed);
-    let want = p.memory_mb.round().max(0.0) as usize;
+    let want = p.memory_mb.round().max(0.0) as usize * MIB;
     let mut ballast = lock(&state.ballast);
     if ballast.len() > want {
         ballast.truncate(want);
-        ballast.shrink_to_fit();
-    }
-    while ballast.len() < want {
-        // Not zeroes: zeroed pages from calloc would not be resident until written.
-        ballast.push(vec![0xA5u8; MIB].into_boxed_slice());
+        ballast.shrink_to(want.max(MIB));
+    } else if ballast.len() < want {
+        let held = ballast.len();
+        ballast.reserve_exact(want - held);
+        // Not zeroes: zeroed pages would not be resident until written. Copied a MiB at a
+        // time (a memcpy even unoptimised), not byte by byte.
+        let chunk = vec![0xA5u8; MIB];
+        let mut held = held;
+        while held < want {
+            let n = (want - held).min(MIB);
+            ballast.extend_from_slice(&chunk[..n]);
+            held += n;
+        }
     }
     drop(ballast);
     state
@@ -449,7 +462,7 @@ async fn control(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>>
         "scenario_s": now,
         "params": profile.params_at(now, state.seed),
         "active": profile.active_at(now),
-        "memory_held_mb": lock(&state.ballast).len(),
+        "memory_held_mb": lock(&state.ballast).len() / MIB,
         "received": state.received.load(Ordering::Relaxed),
         "served": state.served.load(Ordering::Relaxed),
         "errors": state.errors.load(Ordering::Relaxed),

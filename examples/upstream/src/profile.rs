@@ -985,6 +985,9 @@ mod tests {
                 .starts_with("t.yaml:1:8: base: unknown field `latency_median`"),
             "{e}"
         );
+        let e = parse_yaml("effects:\n  - {kind: noise, colour: red}\n", "t.yaml").unwrap_err();
+        assert!(e.to_string().contains("unknown field `colour`"), "{e}");
+        assert!(e.to_string().starts_with("t.yaml:2:"), "{e}");
         let e = parse_yaml("effects: [{kind: meltdown}]\n", "t.yaml").unwrap_err();
         assert!(e.to_string().contains("unknown variant `meltdown`"), "{e}");
         let e = parse_yaml("effects: [{kind: step_failure, at_s: 3}]\n", "t.yaml").unwrap_err();

@@ -2,7 +2,7 @@
 //! under `examples/scenarios/` (documented for users in `examples/scenarios/README.md`).
 //!
 //! A scenario says which groups run (a primary and a shadow, each with its instances,
-//! instance type, price class and the [`profile`](crate::profile) its upstreams follow over
+//! instance type, price class and the [`profile`] its upstreams follow over
 //! time), the load (rate over time, sessions), prices over time, the SLO and cost policy, the
 //! time compression and the run length, and the seed every random draw derives from.
 //!
@@ -625,9 +625,9 @@ impl ScenarioFile {
                     group.role.as_str()
                 )
             })?;
-            *slot = Some(group);
+            *slot = Some((i, group));
         }
-        let (primary, shadow) = match (primary, shadow) {
+        let ((primary_at, primary), (shadow_at, shadow)) = match (primary, shadow) {
             (Some(p), Some(s)) => (p, s),
             (None, _) => return Err(FieldError::new("groups", "no primary group")),
             (_, None) => return Err(FieldError::new("groups", "no shadow group")),
@@ -659,15 +659,16 @@ impl ScenarioFile {
             }
         }
         if !self.prices.is_empty() {
-            for g in [&primary, &shadow] {
+            for (i, g) in [(primary_at, &primary), (shadow_at, &shadow)] {
                 let priced = self
                     .prices
                     .iter()
                     .any(|p| p.instance_type == g.instance_type && p.at_s <= self.start_s);
-                ensure(priced, "prices", || {
+                // At the group's instance_type if written, else (the default) at the group.
+                ensure(priced, &format!("groups[{i}].instance_type"), || {
                     format!(
-                        "no price for instance type \"{}\" (group {}) at start_s ({})",
-                        g.instance_type, g.name, self.start_s
+                        "no price for instance type \"{}\" at start_s ({}) in `prices`",
+                        g.instance_type, self.start_s
                     )
                 })?;
             }
@@ -1033,7 +1034,7 @@ impl Scenario {
         };
         let profile_json = self.start_profile(group, ctx.whole_profile).to_json();
         let expand = |s: &str| {
-            s.replace("{upstream}", &upstream)
+            s.replace(UPSTREAM_PLACEHOLDER, &upstream)
                 .replace("{profile_json}", &profile_json)
                 .replace("{seed}", &group.seed.to_string())
                 .replace("{time_scale}", &self.time_scale.to_string())
@@ -1426,8 +1427,8 @@ load:
             ),
             (
                 format!("{MINIMAL}prices: [{{at_s: 0, instance_type: big, per_hour: 1}}]\n"),
-                "t.yaml:7:1: prices: no price for instance type \"standard\" (group blue) at \
-                 start_s (0)",
+                "t.yaml:3:6: groups[0].instance_type: no price for instance type \"standard\" at \
+                 start_s (0) in `prices`",
             ),
             (
                 MINIMAL.replace("  - {name: green, role: shadow}\n", ""),

@@ -300,6 +300,24 @@ async fn scenario_time_runs_at_the_time_scale_and_memory_is_held() {
     }
     let (status, served_by, _, _) = conn.send(Method::GET, "/", "").await;
     assert_eq!((status, served_by.as_str()), (503, "probe"));
+
+    // Memory given back is returned to the system, as after a leak's `until_s`, and again
+    // after growing once more (where memory freed in pieces would stay in glibc's heap).
+    let mut v = serde_json::Value::Null;
+    for mb in [8, 64, 8] {
+        let (status, _, body, _) = conn
+            .send(
+                Method::PUT,
+                "/_control/profile",
+                &format!("base: {{memory_mb: {mb}}}"),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        v = serde_json::from_str(&body).unwrap();
+    }
+    assert_eq!(v["memory_held_mb"], 8);
+    let rss = rss_mib(up.pid());
+    assert!(rss < 40.0, "RSS {rss:.1} MiB with 8 MiB held");
     assert_eq!(up.terminate(), Some(0));
 }
 
