@@ -66,10 +66,12 @@ pub struct Endpoint {
 pub struct FilterSection {
     /// Path of the filter's `.wasm`, relative to this file's folder. Required.
     pub wasm: PathBuf,
-    /// `random` (default) or `sticky`.
+    /// `sticky` (default: a session stays on its group while the shadow's share rises, as
+    /// warm-up and shifting want) or `random` (weighted per request).
     #[serde(default)]
-    pub routing: RoutingMode,
-    /// `{header: NAME}` or `{cookie: NAME}`; required with sticky routing.
+    pub routing: Option<RoutingMode>,
+    /// `{header: NAME}` or `{cookie: NAME}`, for sticky routing. Default: `{header:
+    /// x-session-id}`. Requests without the key are routed by weight, one by one.
     #[serde(default)]
     pub session_key: Option<SessionKeySection>,
     /// Milliseconds between the filter's telemetry reports. Default: 1000.
@@ -95,6 +97,9 @@ pub struct StoreSection {
     #[serde(default)]
     pub retention_hours: Option<u64>,
 }
+
+/// The session key header of sticky routing when the configuration names none.
+pub const DEFAULT_SESSION_HEADER: &str = "x-session-id";
 
 /// Where the sticky session key comes from: exactly one of the two.
 #[derive(Debug, Clone, Deserialize)]
@@ -320,7 +325,8 @@ pub struct Service {
     pub groups: Vec<Group>,
     /// Percent per role (every role of `groups` present), summing to 100.
     pub weights: Weights,
-    /// Percent of the primary's requests mirrored to the shadow (Envoy request mirroring).
+    /// Percent of the requests mirrored (Envoy request mirroring) to the idle group: the
+    /// shadow, or the primary when the shadow's weight is 100 (standby).
     pub mirror_percent: u32,
     /// The lifecycle, when the control plane provisions the groups; the engine fills in
     /// `groups`, `weights` and `mirror_percent`.
@@ -568,21 +574,20 @@ fn check(file: FileConfig, base: &Path) -> Result<Config, CheckError> {
                     format!("\"{n}\" is not a valid header or cookie name"),
                 ));
             }
-            match (f.routing, &session_key) {
-                (RoutingMode::Sticky, None) => {
-                    return Err(at(
-                        &[Key("filter"), Key("routing")],
-                        "sticky routing needs a session_key ({header: NAME} or {cookie: NAME})",
-                    ));
-                }
-                (RoutingMode::Random, Some(_)) => {
+            let (routing, session_key) = match (f.routing, session_key) {
+                (Some(RoutingMode::Random), Some(_)) => {
                     return Err(at(
                         &[Key("filter"), Key("session_key")],
                         "a session_key is only used with routing: sticky",
                     ));
                 }
-                _ => {}
-            }
+                (Some(RoutingMode::Random), None) => (RoutingMode::Random, None),
+                (_, Some(k)) => (RoutingMode::Sticky, Some(k)),
+                (_, None) => (
+                    RoutingMode::Sticky,
+                    Some(SessionKey::Header(DEFAULT_SESSION_HEADER.to_string())),
+                ),
+            };
             let report_interval_ms = f
                 .report_interval_ms
                 .unwrap_or(shadowplane_wire::DEFAULT_REPORT_INTERVAL_MS);
@@ -594,7 +599,7 @@ fn check(file: FileConfig, base: &Path) -> Result<Config, CheckError> {
             }
             Some(Filter {
                 wasm,
-                routing: f.routing,
+                routing,
                 session_key,
                 report_interval_ms,
                 auth_token: f.auth_token,
@@ -1136,6 +1141,41 @@ services:
             "{}",
             err(&fixed)
         );
+    }
+
+    #[test]
+    fn routing_is_sticky_on_x_session_id_unless_told_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f.wasm"), b"\0asm").unwrap();
+        let path = dir.path().join("sp.yaml");
+        let with = |filter: &str| {
+            let text = format!("filter: {{wasm: f.wasm{filter}}}\n{GOOD}");
+            parse(&path, &text).map(|c| {
+                let f = c.filter.unwrap();
+                (f.routing, f.session_key)
+            })
+        };
+        let header = |h: &str| Some(SessionKey::Header(h.into()));
+        assert_eq!(
+            with("").unwrap(),
+            (RoutingMode::Sticky, header(DEFAULT_SESSION_HEADER))
+        );
+        assert_eq!(
+            with(", routing: sticky").unwrap(),
+            (RoutingMode::Sticky, header("x-session-id"))
+        );
+        assert_eq!(
+            with(", session_key: {cookie: sid}").unwrap(),
+            (RoutingMode::Sticky, Some(SessionKey::Cookie("sid".into())))
+        );
+        assert_eq!(
+            with(", routing: random").unwrap(),
+            (RoutingMode::Random, None)
+        );
+        let e = with(", routing: random, session_key: {header: a}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only used with routing: sticky"), "{e}");
     }
 
     #[test]

@@ -106,6 +106,8 @@ struct Point {
     net: f64,
     timeouts: f64,
     resets: f64,
+    /// From Envoy's upstream samples (the group got mirrored requests only), not the filter.
+    mirrored: bool,
 }
 
 /// A group's models, fed from its telemetry windows.
@@ -119,6 +121,8 @@ struct Models {
     fed_until_ms: u64,
     /// When the last system sample was stored (one per window is enough).
     sys_stored_ms: u64,
+    /// Flush time of the newest Envoy upstream sample stored.
+    upstream_stored_ms: u64,
 }
 
 impl Models {
@@ -133,6 +137,7 @@ impl Models {
             recent: VecDeque::new(),
             fed_until_ms: 0,
             sys_stored_ms: 0,
+            upstream_stored_ms: 0,
         }
     }
 }
@@ -702,6 +707,24 @@ impl Engine {
                 .into_iter()
                 .filter_map(|(_, json)| serde_json::from_slice(&json).ok())
                 .collect();
+            // Envoy's own upstream samples of the group, mirrored requests included: stored,
+            // so that after a restart an idle group's model is rebuilt like the others. The
+            // last two windows are stored again (idempotent) for late samples of other Envoys.
+            let fresh: Vec<(u64, String, Vec<u8>)> = cp
+                .envoy_stats()
+                .samples(
+                    &name,
+                    models.upstream_stored_ms.saturating_sub(2 * self.window_ms),
+                )
+                .into_iter()
+                .filter_map(|x| Some((x.at_ms, x.node.clone(), serde_json::to_vec(&x).ok()?)))
+                .collect();
+            if let Some(last) = fresh.iter().map(|f| f.0).max() {
+                match cp.store().put_upstream(&name, &fresh, now) {
+                    Ok(()) => models.upstream_stored_ms = last,
+                    Err(e) => tracing::warn!(group = %name, "cannot store Envoy samples: {e}"),
+                }
+            }
             let windows = match cp.store().windows(&name, models.fed_until_ms + 1) {
                 Ok(w) => w,
                 Err(e) => {
@@ -709,14 +732,22 @@ impl Engine {
                     continue;
                 }
             };
+            let observed = observations(
+                &windows,
+                &cp.store()
+                    .upstream(&name, models.fed_until_ms + 1)
+                    .unwrap_or_default(),
+                self.window_ms,
+                models.fed_until_ms,
+            );
             let fleet = s
                 .state
                 .configs
                 .get(&name)
                 .map(|c| (c.instance_type.clone(), c.instances));
-            for w in windows.iter().filter(|w| w.end_ms <= settled_before) {
+            for w in observed.iter().filter(|w| w.end_ms <= settled_before) {
                 models.fed_until_ms = w.start_ms;
-                if w.stats.requests == 0 {
+                if w.requests == 0 {
                     continue;
                 }
                 let secs = (w.end_ms - w.start_ms).max(1) as f64 / 1000.0;
@@ -727,12 +758,15 @@ impl Engine {
                     None => Point::default(),
                 };
                 point.time = time;
-                point.p99_ms = w.stats.latency.quantile(0.99).unwrap_or(0.0) / 1000.0;
-                point.error_rate = error_rate(&w.stats);
-                point.rps = w.stats.requests as f64 / secs;
-                point.timeouts = w.stats.timeouts as f64 / w.stats.requests as f64;
-                point.resets = (w.stats.upstream_resets + w.stats.local_resets) as f64
-                    / w.stats.requests as f64;
+                point.p99_ms = w.p99_ms;
+                point.rps = w.requests as f64 / secs;
+                point.mirrored = w.stats.is_none();
+                if let Some(stats) = w.stats {
+                    point.error_rate = error_rate(stats);
+                    point.timeouts = stats.timeouts as f64 / stats.requests as f64;
+                    point.resets =
+                        (stats.upstream_resets + stats.local_resets) as f64 / stats.requests as f64;
+                }
                 let verdict = match models.latency.update(time, point.p99_ms, &[]) {
                     Ok(v) => v,
                     Err(e) => {
@@ -740,9 +774,15 @@ impl Engine {
                         continue;
                     }
                 };
-                let _ = models.errors.update(time, point.error_rate, &[]);
-                if let (Some(cost), Some((kind, count))) = (models.cost.as_mut(), fleet.as_ref()) {
-                    let _ = cost.update(time, &[(kind.as_str(), *count)], point.rps);
+                // Envoy's samples carry latency only: errors and cost learn from the filter's
+                // windows (the requests clients got answers from).
+                if w.stats.is_some() {
+                    let _ = models.errors.update(time, point.error_rate, &[]);
+                    if let (Some(cost), Some((kind, count))) =
+                        (models.cost.as_mut(), fleet.as_ref())
+                    {
+                        let _ = cost.update(time, &[(kind.as_str(), *count)], point.rps);
+                    }
                 }
                 point.deviation = verdict.deviation;
                 models.recent.push_back(point);
@@ -1084,9 +1124,74 @@ fn forecast_json(models: &Models, m: &Managed) -> Value {
         "error_rate": one(&models.errors),
         "cost_per_hour": models.cost.as_ref().map(|c| one(c.per_hour())),
         "last_p99_ms": models.recent.back().map(|p| round3(p.p99_ms)),
+        // Where the last point came from: the filter's telemetry, or Envoy's upstream
+        // statistics of mirrored requests (an idle group: a cold shadow, a standby primary).
+        "last_source": models.recent.back().map(|p| if p.mirrored { "envoy_mirrored" } else { "filter" }),
         "model": models.latency.forecaster().selected().map(|k| k.name()),
         "recent_p99_ms": models.recent.iter().rev().take(12).rev().map(|p| round3(p.p99_ms)).collect::<Vec<_>>(),
     })
+}
+
+/// One window of a group as the models see it: from the filter's telemetry when the window
+/// has any, else from Envoy's upstream samples (an idle group's mirrored requests).
+#[derive(Debug, Clone, PartialEq)]
+struct Observed<'a> {
+    start_ms: u64,
+    end_ms: u64,
+    requests: u64,
+    p99_ms: f64,
+    /// The filter's window; `None` for Envoy samples.
+    stats: Option<&'a ClusterStats>,
+}
+
+/// Merges the filter's `windows` and Envoy's `upstream` samples (flush time, node, JSON) into
+/// windows of `window_ms` after `after_ms`, oldest first. A window the filter saw requests in
+/// is the filter's; the others take Envoy's samples flushed in them: their requests summed and
+/// the highest p99 of them (the samples of several Envoys do not merge exactly).
+fn observations<'a>(
+    windows: &'a [crate::store::Window],
+    upstream: &[(u64, String, Vec<u8>)],
+    window_ms: u64,
+    after_ms: u64,
+) -> Vec<Observed<'a>> {
+    let window_ms = window_ms.max(1);
+    let mut out: BTreeMap<u64, Observed<'a>> = BTreeMap::new();
+    for w in windows.iter().filter(|w| w.start_ms > after_ms) {
+        out.insert(
+            w.start_ms,
+            Observed {
+                start_ms: w.start_ms,
+                end_ms: w.end_ms,
+                requests: w.stats.requests,
+                p99_ms: w.stats.latency.quantile(0.99).unwrap_or(0.0) / 1000.0,
+                stats: Some(&w.stats),
+            },
+        );
+    }
+    for (at, _, json) in upstream {
+        let Ok(sample) = serde_json::from_slice::<crate::envoy_stats::Sample>(json) else {
+            continue;
+        };
+        // A flush at `at` covers the interval before it.
+        let start = at.saturating_sub(1) - at.saturating_sub(1) % window_ms;
+        if start <= after_ms || sample.requests == 0 || !sample.p99_ms.is_finite() {
+            continue;
+        }
+        let o = out.entry(start).or_insert(Observed {
+            start_ms: start,
+            end_ms: start + window_ms,
+            requests: 0,
+            p99_ms: 0.0,
+            stats: None,
+        });
+        if o.stats.is_some_and(|s| s.requests > 0) {
+            continue;
+        }
+        o.stats = None;
+        o.requests += sample.requests;
+        o.p99_ms = o.p99_ms.max(sample.p99_ms);
+    }
+    out.into_values().collect()
 }
 
 /// The groups, weights and mirror share `state` stands for, with the provisioner's endpoints
@@ -1148,4 +1253,72 @@ fn fill(service: &mut Service, state: &Persisted, provisioner: &dyn Provisioner)
     service.groups = groups;
     service.weights = weights;
     service.mirror_percent = mirror;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envoy_stats::Sample;
+    use crate::store::Window;
+    use shadowplane_wire::LatencySketch;
+
+    fn window(start_ms: u64, requests: u64, ms: f64) -> Window {
+        let mut latency = LatencySketch::new();
+        for _ in 0..requests {
+            latency.add(ms * 1000.0);
+        }
+        Window {
+            start_ms,
+            end_ms: start_ms + 1000,
+            reports: 1,
+            stats: ClusterStats {
+                requests,
+                responses_2xx: requests,
+                latency,
+                ..ClusterStats::new("g")
+            },
+        }
+    }
+
+    fn sample(at_ms: u64, node: &str, requests: u64, p99_ms: f64) -> (u64, String, Vec<u8>) {
+        let s = Sample {
+            at_ms,
+            node: node.into(),
+            requests,
+            p50_ms: p99_ms / 2.0,
+            p99_ms,
+        };
+        (at_ms, node.into(), serde_json::to_vec(&s).unwrap())
+    }
+
+    #[test]
+    fn windows_without_filter_telemetry_take_envoys_mirrored_samples() {
+        let windows = [window(10_000, 50, 20.0), window(12_000, 0, 0.0)];
+        let upstream = [
+            // Flushed in the filter's window: the filter's window wins.
+            sample(10_500, "a", 5, 99.0),
+            // Two Envoys in one window with no filter telemetry: summed, the higher p99.
+            sample(11_200, "a", 3, 30.0),
+            sample(11_900, "b", 2, 40.0),
+            // A window the filter saw no request in.
+            sample(12_400, "a", 4, 35.0),
+            // Already fed, idle, or unreadable: skipped.
+            sample(9_500, "a", 9, 50.0),
+            sample(13_100, "a", 0, 0.0),
+            (13_500, "a".into(), b"not json".to_vec()),
+        ];
+        let got = observations(&windows, &upstream, 1000, 9_999);
+        let view: Vec<(u64, u64, f64, bool)> = got
+            .iter()
+            .map(|o| (o.start_ms, o.requests, o.p99_ms.round(), o.stats.is_some()))
+            .collect();
+        assert_eq!(
+            view,
+            [
+                (10_000, 50, 20.0, true),
+                (11_000, 5, 40.0, false),
+                (12_000, 4, 35.0, false),
+            ]
+        );
+    }
 }

@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::service::metrics::v3::metrics_service_server::{
 };
 use envoy_types::pb::envoy::service::metrics::v3::{StreamMetricsMessage, StreamMetricsResponse};
 use envoy_types::pb::io::prometheus::client::MetricType;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 /// Samples kept per cluster (at Envoy's 1 s flush, a minute per Envoy).
@@ -26,7 +26,7 @@ const CLUSTERS: usize = 256;
 const MAX_MESSAGE: usize = 16 << 20;
 
 /// One flush of one cluster's upstream request time on one Envoy.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     /// When Envoy took the snapshot, ms since the Unix epoch.
     pub at_ms: u64,
@@ -114,6 +114,14 @@ impl EnvoyStats {
                 }
             }
         }
+    }
+
+    /// The samples of `cluster` taken at or after `since_ms`, oldest first.
+    pub fn samples(&self, cluster: &str, since_ms: u64) -> Vec<Sample> {
+        lock(&self.clusters)
+            .get(cluster)
+            .map(|q| q.iter().filter(|s| s.at_ms >= since_ms).cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The samples of `cluster` taken at or after `since_ms`, summed; `None` without any.
@@ -261,5 +269,11 @@ mod tests {
         assert_eq!(s.p99_ms, 90.0);
         assert_eq!(stats.summary("checkout-2", 1_500).unwrap().requests, 30);
         assert!(stats.summary("checkout-1", 0).is_none());
+        let later: Vec<u64> = stats
+            .samples("checkout-2", 1_500)
+            .iter()
+            .map(|s| s.requests)
+            .collect();
+        assert_eq!(later, [30]);
     }
 }

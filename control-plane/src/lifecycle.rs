@@ -19,7 +19,8 @@ pub struct Policy {
     /// Default: 24 h.
     #[serde(default = "default_cold_ms")]
     pub cold_ms: u64,
-    /// Percent of the primary's traffic mirrored to a cold shadow. Default: 1.
+    /// Percent of the traffic mirrored to the idle group: a cold shadow, or the old primary on
+    /// standby (which stays warm this way). Default: 1.
     #[serde(default = "default_mirror_percent")]
     pub mirror_percent: u32,
     /// The shadow's share during warm-up, percent. Default: 5.
@@ -236,7 +237,7 @@ pub struct State {
     pub phase: Phase,
     /// The shadow's share now in effect (ACKed), percent.
     pub shadow_percent: u32,
-    /// Mirror share in effect, percent.
+    /// Mirror share in effect (to the cold shadow, or on standby to the old primary), percent.
     pub mirror_percent: u32,
     /// The push awaiting its outcome: (id, shadow percent, deadline ms, phase to enter when
     /// it succeeds).
@@ -406,7 +407,7 @@ pub fn step(state: &State, input: Input, policy: &Policy, now_ms: u64) -> (State
                     &mut out,
                     policy,
                     now_ms,
-                    (100, 0),
+                    (100, policy.mirror_percent),
                     Phase::Standby { since_ms: now_ms },
                     here,
                 );
@@ -564,7 +565,7 @@ fn advance(s: &mut State, out: &mut Vec<Action>, policy: &Policy, now_ms: u64) {
                 out,
                 policy,
                 now_ms,
-                (100, 0),
+                (100, policy.mirror_percent),
                 Phase::Standby { since_ms: now_ms },
                 here,
             );
@@ -683,6 +684,8 @@ mod tests {
         }
         assert_eq!(seen, [5, 10, 25, 50, 75, 100]);
         assert!(matches!(s.phase, Phase::Standby { .. }));
+        // On standby the old primary is kept warm by the mirrored share.
+        assert_eq!(s.mirror_percent, 1);
         // Standby, then the roles swap and a new shadow is asked for.
         let (s, out) = run(&s, Input::Tick, now + 499);
         assert!(out.is_empty());

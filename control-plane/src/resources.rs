@@ -228,15 +228,22 @@ fn route_config(
 ) -> RouteConfiguration {
     let header = shadowplane_wire::DEFAULT_ROUTE_HEADER;
     let names: Vec<&str> = service.groups.iter().map(|g| g.name.as_str()).collect();
-    // A cold shadow sees a share of the primary's requests as fire-and-forget copies (Envoy
-    // request mirroring): the primary's answer is the one the client gets.
+    // The idle group sees a share of the requests as fire-and-forget copies (Envoy request
+    // mirroring): the answer of the group that serves is the one the client gets. The idle
+    // group is the cold shadow, or, once the shadow takes everything, the old primary on
+    // standby, which stays warm this way.
+    let idle = if weights.get(Role::Shadow) >= 100 {
+        Role::Primary
+    } else {
+        Role::Shadow
+    };
     let mirror: Vec<RequestMirrorPolicy> = service
         .groups
         .iter()
-        .find(|g| g.role == Role::Shadow)
-        .filter(|_| service.mirror_percent > 0)
-        .map(|shadow| RequestMirrorPolicy {
-            cluster: shadow.name.clone(),
+        .find(|g| g.role == idle)
+        .filter(|_| service.mirror_percent > 0 && service.groups.len() > 1)
+        .map(|target| RequestMirrorPolicy {
+            cluster: target.name.clone(),
             runtime_fraction: Some(RuntimeFractionalPercent {
                 default_value: Some(FractionalPercent {
                     numerator: service.mirror_percent.min(100),
@@ -652,5 +659,40 @@ mod tests {
             .map(|c| (c.name.clone(), c.weight.as_ref().map_or(0, |w| w.value)))
             .collect();
         assert_eq!(route, weights);
+    }
+
+    #[test]
+    fn the_mirror_goes_to_the_cold_shadow_then_to_the_primary_on_standby() {
+        let mut service = config(true).services[0].clone();
+        service.mirror_percent = 2;
+        let mirrored = |service: &Service, shadow: u32| {
+            let w = Weights::split(shadow, true);
+            let rc = route_config("ingress", service, &w, true);
+            rc.virtual_hosts[0]
+                .routes
+                .iter()
+                .map(|r| match &r.action {
+                    Some(Action::Route(ra)) => ra
+                        .request_mirror_policies
+                        .iter()
+                        .map(|m| {
+                            let pct = m
+                                .runtime_fraction
+                                .as_ref()
+                                .and_then(|f| f.default_value.as_ref())
+                                .map_or(0, |f| f.numerator);
+                            (m.cluster.clone(), pct)
+                        })
+                        .collect::<Vec<_>>(),
+                    _ => vec![],
+                })
+                .collect::<Vec<_>>()
+        };
+        let shadow = vec![("checkout-green".to_string(), 2)];
+        let primary = vec![("checkout-blue".to_string(), 2)];
+        assert_eq!(mirrored(&service, 0), vec![shadow.clone(), shadow]);
+        assert_eq!(mirrored(&service, 100), vec![primary.clone(), primary]);
+        service.mirror_percent = 0;
+        assert_eq!(mirrored(&service, 0), vec![Vec::<(String, u32)>::new(); 2]);
     }
 }

@@ -25,6 +25,10 @@ const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 /// System metrics sampled by the provisioner: (group, sample time ms) -> the sample as JSON.
 const SYSTEM: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("system");
+/// Envoy's own upstream request times of a group, from its stats sink: (group, flush time ms,
+/// Envoy node) -> the sample as JSON. This is how an idle group's latency (a cold shadow's, a
+/// standby primary's: they only get mirrored requests, which the filter never sees) is kept.
+const UPSTREAM: TableDefinition<(&str, u64, &str), &[u8]> = TableDefinition::new("upstream");
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +96,7 @@ impl Store {
         tx.open_table(COUNTERS).map_err(dberr)?;
         tx.open_table(STATE).map_err(dberr)?;
         tx.open_table(SYSTEM).map_err(dberr)?;
+        tx.open_table(UPSTREAM).map_err(dberr)?;
         tx.commit().map_err(dberr)?;
         Ok(Store {
             db,
@@ -171,6 +176,12 @@ impl Store {
             let mut system = tx.open_table(SYSTEM).map_err(dberr)?;
             system.retain(|(_, at), _| at > cutoff).map_err(dberr)?;
         }
+        {
+            let mut upstream = tx.open_table(UPSTREAM).map_err(dberr)?;
+            upstream
+                .retain(|(_, at, _), _| at > cutoff)
+                .map_err(dberr)?;
+        }
         let mut seen = tx.open_table(SEEN).map_err(dberr)?;
         seen.retain(|_, end| end > cutoff).map_err(dberr)?;
         Ok(())
@@ -204,6 +215,50 @@ impl Store {
         {
             let (k, v) = row.map_err(dberr)?;
             out.push((k.value().1, v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Stores Envoy upstream samples of `group`, each (flush time ms, node, sample), in one
+    /// transaction (pruned with the windows). Storing a sample again replaces it.
+    pub fn put_upstream(
+        &self,
+        group: &str,
+        samples: &[(u64, String, Vec<u8>)],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        if samples.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut t = tx.open_table(UPSTREAM).map_err(dberr)?;
+            for (at, node, sample) in samples {
+                t.insert((group, *at, node.as_str()), sample.as_slice())
+                    .map_err(dberr)?;
+            }
+        }
+        self.prune(&tx, now_ms)?;
+        tx.commit().map_err(dberr)
+    }
+
+    /// The Envoy upstream samples of `group` flushed at or after `since_ms`, oldest first:
+    /// (flush time ms, node, sample).
+    pub fn upstream(
+        &self,
+        group: &str,
+        since_ms: u64,
+    ) -> Result<Vec<(u64, String, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let t = tx.open_table(UPSTREAM).map_err(dberr)?;
+        let mut out = Vec::new();
+        for row in t
+            .range((group, since_ms, "")..=(group, u64::MAX, "\u{10FFFF}"))
+            .map_err(dberr)?
+        {
+            let (k, v) = row.map_err(dberr)?;
+            let (_, at, node) = k.value();
+            out.push((at, node.to_string(), v.value().to_vec()));
         }
         Ok(out)
     }
@@ -478,5 +533,49 @@ mod tests {
         let w = store.windows("blue", 0).unwrap();
         assert_eq!(w.len(), 1, "{w:?}");
         assert_eq!(w[0].start_ms, 1_100_000);
+    }
+
+    #[test]
+    fn upstream_samples_survive_a_restart_and_are_pruned_with_the_windows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        {
+            let store = Store::open(&path, 1000, 60_000).unwrap();
+            let rows = vec![
+                (1_000_000, "edge-b".to_string(), b"1".to_vec()),
+                (1_000_000, "edge-a".to_string(), b"2".to_vec()),
+                (1_001_000, "edge-a".to_string(), b"3".to_vec()),
+            ];
+            store.put_upstream("green", &rows, 1_001_000).unwrap();
+            store
+                .put_upstream(
+                    "blue",
+                    &[(1_000_500, "edge-a".into(), b"x".to_vec())],
+                    1_001_000,
+                )
+                .unwrap();
+        }
+        let store = Store::open(&path, 1000, 60_000).unwrap();
+        let got = store.upstream("green", 0).unwrap();
+        let keys: Vec<(u64, &str)> = got.iter().map(|(a, n, _)| (*a, n.as_str())).collect();
+        assert_eq!(
+            keys,
+            [
+                (1_000_000, "edge-a"),
+                (1_000_000, "edge-b"),
+                (1_001_000, "edge-a")
+            ]
+        );
+        assert_eq!(store.upstream("green", 1_000_001).unwrap().len(), 1);
+        // Past the retention, the next write prunes them.
+        store
+            .put_upstream(
+                "green",
+                &[(1_100_000, "edge-a".into(), b"4".to_vec())],
+                1_100_000,
+            )
+            .unwrap();
+        assert_eq!(store.upstream("green", 0).unwrap().len(), 1);
+        assert!(store.upstream("blue", 0).unwrap().is_empty());
     }
 }
