@@ -258,6 +258,23 @@ impl Stack {
             .collect()
     }
 
+    /// Requests received so far by the instances of the group in `role` (mirrored ones
+    /// included: the upstream counts what reaches it).
+    async fn received(&self, role: &str) -> u64 {
+        let mut total = 0;
+        for addr in self.addrs(role).await {
+            let (status, _, body) = self
+                .client
+                .get(&format!("http://{addr}/_control/state"), &[])
+                .await
+                .unwrap();
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            total += v["received"].as_u64().unwrap_or(0);
+        }
+        total
+    }
+
     /// Sets the injected latency of every instance of the group in `role`.
     async fn set_delay(&self, role: &str, ms: u64) {
         for addr in self.addrs(role).await {
@@ -294,9 +311,10 @@ fn kinds(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// Background requests, each with one of a few hundred session keys.
+/// Background requests, each with one of 300 session keys in `x-session` (the config's
+/// sticky session key), so the shifting moves sessions, not single requests.
 fn load(url: &str, limit: Duration) -> BackgroundLoad {
-    BackgroundLoad::start(&[url.to_string()], 4, limit)
+    BackgroundLoad::start_with_sessions(&[url.to_string()], 4, limit, Some(("x-session", 300)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,6 +356,15 @@ async fn full_lifecycle_predicts_a_creeping_degradation_and_swaps_roles_without_
         "mirrored to the shadow: {}",
         mirrored["groups"][1]["envoy_upstream"]
     );
+    // The mirrored latency trains the cold shadow's model too, and is stored: it comes from
+    // Envoy's statistics, not from the filter.
+    stack
+        .wait_for(
+            "the cold shadow's model fed from mirrored requests",
+            Duration::from_secs(20),
+            |v| v["groups"][1]["forecast"]["last_source"] == "envoy_mirrored",
+        )
+        .await;
     stack.set_delay("shadow", 0).await;
     // Let the primary's models learn its normal latency.
     stack
@@ -402,7 +429,22 @@ async fn full_lifecycle_predicts_a_creeping_degradation_and_swaps_roles_without_
     );
     drop(migrated);
 
-    // Every step, cutover, standby, role swap, a new shadow in cold.
+    // Every step, cutover, standby, role swap, a new shadow in cold. On standby the old
+    // primary takes no client request but is kept warm by the mirrored share.
+    let standby = stack
+        .wait_for("standby", Duration::from_secs(60), |v| {
+            v["phase"] == "standby"
+        })
+        .await;
+    assert_eq!(standby["weights"]["shadow"], 100, "{standby:#}");
+    assert_eq!(standby["mirror_percent"], 10, "{standby:#}");
+    let before = stack.received("primary").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after = stack.received("primary").await;
+    assert!(
+        after > before,
+        "the standby primary got no mirrored request in 1 s ({before} then {after})"
+    );
     let done = stack
         .wait_for(
             "the role swap and a new cold shadow",
@@ -437,6 +479,20 @@ async fn full_lifecycle_predicts_a_creeping_degradation_and_swaps_roles_without_
     assert_eq!(done["weights"]["primary"], 100, "{done:#}");
     assert_eq!(r.failed, 0, "{r:?}\n{}", stack.cp.log());
     assert!(r.sent > 1000, "{r:?}");
+    // Sticky sessions: as the shadow's share rose, sessions moved from the primary to the
+    // shadow and never back.
+    let moves = &r.sessions.moves;
+    let forward = moves
+        .get(&("checkout-1".to_string(), "checkout-2".to_string()))
+        .copied()
+        .unwrap_or(0);
+    let back = moves
+        .get(&("checkout-2".to_string(), "checkout-1".to_string()))
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(r.sessions.count(), 300, "{:?}", r.sessions);
+    assert!(forward >= 250, "sessions moved to the shadow: {moves:?}");
+    assert_eq!(back, 0, "sessions moved back to the old primary: {moves:?}");
     // The old primary is released once Envoy no longer routes to it.
     stack
         .wait_for("the old primary's release", Duration::from_secs(15), |v| {

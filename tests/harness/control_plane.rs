@@ -278,7 +278,39 @@ pub struct BackgroundLoad {
     sent: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
     first_error: Arc<std::sync::Mutex<Option<String>>>,
+    sessions: Arc<std::sync::Mutex<Sessions>>,
     tasks: JoinSet<()>,
+}
+
+/// Which group (`x-served-by`) served each session, and every change of group seen.
+#[derive(Debug, Clone, Default)]
+pub struct Sessions {
+    last: std::collections::BTreeMap<String, String>,
+    /// (from, to) -> how many sessions moved that way.
+    pub moves: std::collections::BTreeMap<(String, String), u64>,
+}
+
+impl Sessions {
+    fn saw(&mut self, session: &str, served_by: &str) {
+        match self.last.get_mut(session) {
+            Some(last) if last != served_by => {
+                *self
+                    .moves
+                    .entry((last.clone(), served_by.to_string()))
+                    .or_default() += 1;
+                *last = served_by.to_string();
+            }
+            Some(_) => {}
+            None => {
+                self.last.insert(session.to_string(), served_by.to_string());
+            }
+        }
+    }
+
+    /// Sessions seen.
+    pub fn count(&self) -> usize {
+        self.last.len()
+    }
 }
 
 /// What a [`BackgroundLoad`] saw.
@@ -290,12 +322,30 @@ pub struct BackgroundResult {
     pub failed: u64,
     /// The first failure, described.
     pub first_error: Option<String>,
+    /// Sessions and their moves between groups (empty without session keys).
+    pub sessions: Sessions,
 }
 
 impl BackgroundLoad {
     /// `per_url` loops per URL, each sending one request every 5 ms at most, for at most
     /// `limit` (a bound, so a forgotten stop cannot run forever).
     pub fn start(urls: &[String], per_url: usize, limit: Duration) -> BackgroundLoad {
+        Self::start_with_sessions(urls, per_url, limit, None)
+    }
+
+    /// As [`BackgroundLoad::start`], and with `sessions` = (header, count) each request carries
+    /// one of `count` session keys in `header` (loop by loop, round robin), and the group that
+    /// served it (`x-served-by`) is tallied per session.
+    pub fn start_with_sessions(
+        urls: &[String],
+        per_url: usize,
+        limit: Duration,
+        sessions: Option<(&str, usize)>,
+    ) -> BackgroundLoad {
+        let session_header = sessions.map(|(h, n)| (h.to_string(), n.max(1)));
+        let tally = Arc::new(std::sync::Mutex::new(Sessions::default()));
+        let loops = urls.len() * per_url;
+        let mut index = 0usize;
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
@@ -310,11 +360,30 @@ impl BackgroundLoad {
                     failed.clone(),
                     first_error.clone(),
                 );
+                let (tally, session_header, me) = (tally.clone(), session_header.clone(), index);
+                index += 1;
                 tasks.spawn(async move {
                     let started = Instant::now();
+                    let mut n = 0usize;
                     while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
                         sent.fetch_add(1, Ordering::Relaxed);
-                        let r = client.get(&url, &[]).await;
+                        let session = session_header.as_ref().map(|(h, count)| {
+                            (h.clone(), format!("s{}", (me + n * loops) % count))
+                        });
+                        n += 1;
+                        let headers: Vec<(&str, &str)> = session
+                            .iter()
+                            .map(|(h, k)| (h.as_str(), k.as_str()))
+                            .collect();
+                        let r = client.get(&url, &headers).await;
+                        if let (Some((_, key)), Ok((200, h, _))) = (&session, &r)
+                            && let Some(by) = h
+                                .get(crate::upstream::SERVED_BY)
+                                .and_then(|v| v.to_str().ok())
+                            && let Ok(mut t) = tally.lock()
+                        {
+                            t.saw(key, by);
+                        }
                         if !matches!(r, Ok((200, _, _))) {
                             failed.fetch_add(1, Ordering::Relaxed);
                             let what = match r {
@@ -337,6 +406,7 @@ impl BackgroundLoad {
             sent,
             failed,
             first_error,
+            sessions: tally,
             tasks,
         }
     }
@@ -349,6 +419,7 @@ impl BackgroundLoad {
             sent: self.sent.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             first_error: self.first_error.lock().ok().and_then(|f| f.clone()),
+            sessions: self.sessions.lock().map(|s| s.clone()).unwrap_or_default(),
         }
     }
 }
