@@ -959,6 +959,30 @@ impl Scenario {
             .filter(|t| *t < self.end_s())
     }
 
+    /// When the primary's price first rises during the run, scenario seconds.
+    pub fn price_rise_s(&self) -> Option<f64> {
+        let ty = &self.primary.instance_type;
+        let mut changes: Vec<&PriceFile> = self
+            .prices
+            .iter()
+            .filter(|p| &p.instance_type == ty && p.at_s > self.start_s && p.at_s < self.end_s())
+            .collect();
+        changes.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+        changes
+            .into_iter()
+            .find(|p| {
+                self.price_at(ty, p.at_s - 1e-9)
+                    .is_some_and(|before| p.per_hour > before)
+            })
+            .map(|p| p.at_s)
+    }
+
+    /// When the trouble starts: the primary's first fault, else its first price rise; what
+    /// the bench measures the time to cutover from. `None` for the no-fault scenarios.
+    pub fn onset_s(&self) -> Option<f64> {
+        self.fault_onset_s().or_else(|| self.price_rise_s())
+    }
+
     /// The first scenario time in the run at which `group`, serving alone, breaks the SLO
     /// by its profile: the p99 above `slo.p99_ms` or the error rate above `slo.error_rate`.
     /// Looked for on a grid of at most 20000 steps (at least one scenario second).
@@ -1218,7 +1242,7 @@ load:
             match s.name.as_str() {
                 "diurnal-noise" | "noisy-steady" => {
                     assert!(!s.expects_migration(), "{}: {breach:?} {over:?}", s.name);
-                    assert_eq!(s.fault_onset_s(), None, "{}", s.name);
+                    assert_eq!(s.onset_s(), None, "{}", s.name);
                 }
                 "price-rise" => {
                     let over = over.unwrap_or_else(|| panic!("price-rise is never over budget"));
@@ -1227,8 +1251,11 @@ load:
                         "over budget at once: {over}"
                     );
                     assert_eq!(breach, None);
+                    assert_eq!((s.fault_onset_s(), s.price_rise_s()), (None, Some(1200.0)));
+                    assert_eq!(s.onset_s(), Some(1200.0));
                 }
                 _ => {
+                    assert_eq!(s.onset_s(), s.fault_onset_s());
                     let onset = s
                         .fault_onset_s()
                         .unwrap_or_else(|| panic!("{}: no fault", s.name));
