@@ -218,6 +218,17 @@ pub struct CpuContention {
     pub ramp_s: f64,
 }
 
+impl Noise {
+    /// The noise's own random stream: from its fields, not its place in the list, so a
+    /// profile started without its later effects and given them at run time wanders the same
+    /// as the whole profile.
+    fn stream(&self) -> u64 {
+        self.at_s.to_bits()
+            ^ self.amplitude.to_bits().rotate_left(17)
+            ^ self.period_s.to_bits().rotate_left(31)
+    }
+}
+
 fn d_diurnal_amplitude() -> f64 {
     0.3
 }
@@ -483,7 +494,7 @@ impl ValidProfile {
         let mut cpu = b.cpu_ms;
         let mut memory = b.memory_mb;
         let mut background = 0.0;
-        for (i, effect) in self.0.effects.iter().enumerate() {
+        for effect in &self.0.effects {
             if !effect.active_at(t_s) {
                 continue;
             }
@@ -494,7 +505,7 @@ impl ValidProfile {
                         1.0 + e.amplitude * (2.0 * PI * (t_s - e.peak_at_s) / e.period_s).cos();
                 }
                 Effect::Noise(e) => {
-                    let n = value_noise(mix(seed, i as u64), t_s / e.period_s);
+                    let n = value_noise(mix(seed, e.stream()), t_s / e.period_s);
                     median *= 1.0 + e.amplitude * n;
                     sigma += e.extra_sigma;
                     error = either(error, e.error_rate);
@@ -939,7 +950,7 @@ mod tests {
     #[test]
     fn until_and_effects_after_split_a_profile() {
         let p = profile(
-            "effects:\n  - {kind: noise}\n  - {kind: step_failure, at_s: 900, error_rate: 1}\n  \
+            "effects:\n  - {kind: step_failure, at_s: 900, error_rate: 1}\n  - {kind: noise}\n  \
              - {kind: creeping_latency, at_s: 300, growth_per_hour: 1}\n",
         );
         let start = p.until(0.0);
@@ -950,7 +961,10 @@ mod tests {
         for e in p.effects_after(0.0) {
             back = back.with_effect(e).unwrap();
         }
-        assert_eq!(back.params_at(1000.0, 3), p.params_at(1000.0, 3));
+        // The same parameters, noise included, though the noise moved up the list.
+        for t in [0.0, 450.0, 1000.0, 5000.0] {
+            assert_eq!(back.params_at(t, 3), p.params_at(t, 3), "at {t}");
+        }
         assert_eq!(p.fault_onset_s(), Some(300.0));
         // JSON round trip.
         assert_eq!(parse_json(&p.to_json(), "json").unwrap(), p);
