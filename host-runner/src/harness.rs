@@ -65,6 +65,8 @@ pub struct Harness {
     last: Option<(u32, Stream)>,
     trace: Vec<TraceEvent>,
     logs_seen: usize,
+    http_seen: usize,
+    grpc_seen: usize,
 }
 
 const FAIL_DETAILS: &str = "wasm_fail_stream";
@@ -97,6 +99,8 @@ impl Harness {
             last: None,
             trace: Vec::new(),
             logs_seen: 0,
+            http_seen: 0,
+            grpc_seen: 0,
         }
     }
 
@@ -197,12 +201,35 @@ impl Harness {
         self.trace.push(TraceEvent { at_ms, text });
     }
 
+    /// Moves what the last guest call logged and dispatched into the trace.
     fn collect_logs(&mut self) {
         let Some(p) = &self.plugin else { return };
-        let new: Vec<LogEntry> = p.state().logs[self.logs_seen..].to_vec();
-        self.logs_seen = p.state().logs.len();
-        for l in new {
-            self.event(format!("  log {:?}: {}", l.level, l.message));
+        let st = p.state();
+        let mut lines = Vec::new();
+        for l in st.logs.iter().skip(self.logs_seen) {
+            lines.push(format!("  log {:?}: {}", l.level, l.message));
+        }
+        for c in st.http_calls.iter().skip(self.http_seen) {
+            let path = c.header(":path").unwrap_or_default();
+            lines.push(format!(
+                "  http callout {} to {} {path} ({} body bytes, timeout {} ms)",
+                c.token,
+                c.upstream,
+                c.body.len(),
+                c.timeout_ms
+            ));
+        }
+        for c in st.grpc_calls.iter().skip(self.grpc_seen) {
+            lines.push(format!(
+                "  grpc callout {} to {} {}/{}",
+                c.token, c.upstream, c.service, c.method
+            ));
+        }
+        self.logs_seen = st.logs.len();
+        self.http_seen = st.http_calls.len();
+        self.grpc_seen = st.grpc_calls.len();
+        for l in lines {
+            self.event(l);
         }
     }
 
@@ -329,6 +356,8 @@ impl Harness {
                         p.state_mut().logs = logs;
                     }
                     self.plugin = Some(p);
+                    self.http_seen = 0;
+                    self.grpc_seen = 0;
                     self.broken = None;
                     self.reloads += 1;
                     self.collect_logs();
@@ -442,6 +471,9 @@ impl Harness {
         if through_filter {
             let n = headers.len() as u32;
             let eos = lr.body.is_empty();
+            self.event(format!(
+                "  proxy_on_response_headers({n} headers, eos={eos}) for the local reply"
+            ));
             self.guarded(Some(id), |p| p.headers(id, Side::Response, n, eos))?;
             if !eos {
                 let len = lr.body.len() as u32;
@@ -713,6 +745,11 @@ impl Harness {
             self.settle()?;
         }
         Ok(())
+    }
+
+    /// Adds a line of the caller's own to the trace.
+    pub fn note(&mut self, text: String) {
+        self.event(text);
     }
 
     /// Delivers `proxy_on_queue_ready` for items other workers enqueued since this one last ran.

@@ -2,6 +2,9 @@
 //! callbacks given as WAT bodies. A body reports what it saw by `(call $rec X)`, which appends
 //! X to the histogram `probe`, read back with `Harness::histogram("probe")`.
 
+// Each test binary uses a different part of this file.
+#![allow(dead_code)]
+
 use shadowplane_host_runner::{Compiled, Host};
 
 const IMPORTS: &str = r#"

@@ -1,6 +1,9 @@
 //! Finds (building when missing) the guest modules the tests run: the shadowplane filter and
 //! the empty example filter, both from the workspace's `--profile wasm` build.
 
+// Each test binary uses a different part of this file.
+#![allow(dead_code)]
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -17,6 +20,20 @@ fn workspace_root() -> PathBuf {
 /// The `.wasm` of `package` (file stem `stem`): `env` if set, else the `--profile wasm` build
 /// output, built now if missing. Fails the test with the command to run when it cannot.
 fn locate(env: &str, package: &str, stem: &str) -> Vec<u8> {
+    let path = locate_path(env, package, stem);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// The path of the shadowplane filter's `.wasm`, built if missing.
+pub fn filter_path() -> PathBuf {
+    locate_path(
+        "SHADOWPLANE_FILTER_WASM",
+        "shadowplane-filter",
+        "shadowplane_filter",
+    )
+}
+
+fn locate_path(env: &str, package: &str, stem: &str) -> PathBuf {
     let command = format!("cargo build -p {package} --target wasm32-wasip1 --profile wasm");
     let path = std::env::var_os(env)
         .map(PathBuf::from)
@@ -42,12 +59,15 @@ fn locate(env: &str, package: &str, stem: &str) -> Vec<u8> {
             path.display()
         );
     }
-    std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}; run `{command}`", path.display()))
+    assert!(
+        path.exists(),
+        "{} is missing: run `{command}`",
+        path.display()
+    );
+    path
 }
 
 /// The shadowplane filter, compiled once per test binary.
-#[allow(dead_code)]
 pub fn filter() -> &'static Compiled {
     static C: OnceLock<Compiled> = OnceLock::new();
     C.get_or_init(|| {
@@ -61,7 +81,6 @@ pub fn filter() -> &'static Compiled {
 }
 
 /// The empty example filter, compiled once per test binary.
-#[allow(dead_code)]
 pub fn empty_filter() -> &'static Compiled {
     static C: OnceLock<Compiled> = OnceLock::new();
     C.get_or_init(|| {

@@ -1,0 +1,88 @@
+//! Scenarios against a WAT guest, with the trace kept as a snapshot: a change in what the host
+//! calls, or in what order, shows up as a diff (`UPDATE_EXPECT=1` rewrites it).
+
+#[path = "support/guest.rs"]
+mod guest;
+#[path = "support/wasm.rs"]
+mod wasm;
+
+use expect_test::expect;
+use guest::{Guest, RET, RET2, VM_START};
+use shadowplane_host_runner::scenario::Scenario;
+
+/// Denies requests without `x-token` with a local 401; others get `x-seen: yes` and go on.
+/// Logs each response status it sees.
+fn gatekeeper() -> Guest {
+    let mut g = Guest::new();
+    let token = g.s(b"x-token");
+    let seen = g.s(b"x-seen");
+    let yes = g.s(b"yes");
+    let details = g.s(b"no_token");
+    let body = g.s(b"token required");
+    let headers = g.map(&[("www-authenticate", "Token")]);
+    let msg = g.s(b"response on its way");
+    g.func(VM_START).func(&format!(
+        r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+            (if (result i32) (call $get_header (i32.const 0) {token} (i32.const {RET}) (i32.const {RET2}))
+              (then
+                (drop (call $send_local_response (i32.const 401) {details} {body} {headers} (i32.const -1)))
+                (i32.const 1))
+              (else
+                (drop (call $replace_header (i32.const 0) {seen} {yes}))
+                (i32.const 0))))
+          (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+            (drop (call $log (i32.const 2) {msg}))
+            (i32.const 0))"#
+    ))
+}
+
+const SCENARIO: &str = r#"
+steps:
+  - request:
+      headers: {":path": /, x-token: abc}
+      expect: {action: continue, request_headers: {x-seen: "yes"}, local_response: null}
+      response:
+        headers: {":status": "200"}
+  - request:
+      headers: [[":path", /], [accept, a], [accept, b]]
+      expect:
+        action: pause
+        local_response: 401
+        response_headers: {www-authenticate: Token, ":status": "401"}
+        logs: [response on its way]
+      response:
+        headers: {":status": "200"}
+"#;
+
+#[test]
+fn a_scenario_trace_matches_its_snapshot() {
+    let compiled = gatekeeper().compile(wasm::host());
+    let sc = Scenario::from_yaml(SCENARIO, "inline").expect("scenario parses");
+    let out = sc.run(&compiled).expect("runs");
+    assert!(out.passed(), "{}", out.render());
+    expect![[r#"
+        [     0 ms] start: proxy_on_vm_start, proxy_on_configure
+        [     0 ms] stream 2: proxy_on_context_create
+        [     0 ms]   proxy_on_request_headers(2 headers, eos=true) -> Continue
+        [     0 ms]   ok step 1 request: action Continue (got Some(Continue))
+        [     0 ms]   ok step 1 request: request header x-seen = Some("yes") (got Some("yes"))
+        [     0 ms]   ok step 1 request: local response None (got None)
+        [     0 ms]   log Info: response on its way
+        [     0 ms]   proxy_on_response_headers(1 headers, eos=true) -> Continue
+        [     0 ms] stream 2: proxy_on_done, proxy_on_log, proxy_on_delete
+        [     0 ms] stream 3: proxy_on_context_create
+        [     0 ms]   proxy_on_request_headers(3 headers, eos=true) -> Pause
+        [     0 ms]   local reply 401 (no_token) on stream 3
+        [     0 ms]   proxy_on_response_headers(2 headers, eos=false) for the local reply
+        [     0 ms]   log Info: response on its way
+        [     0 ms]   ok step 2 request: action Pause (got Some(Pause))
+        [     0 ms]   ok step 2 request: response header :status = Some("401") (got Some("401"))
+        [     0 ms]   ok step 2 request: response header www-authenticate = Some("Token") (got Some("Token"))
+        [     0 ms]   ok step 2 request: local response Some(401) (got Some(401))
+        [     0 ms]   ok step 2 request: a log line contains "response on its way"
+        [     0 ms]   response skipped: the stream was answered locally
+        [     0 ms] stream 3: proxy_on_done, proxy_on_log, proxy_on_delete
+        8 of 8 expectations held
+    "#]]
+    .assert_eq(&out.render());
+}
