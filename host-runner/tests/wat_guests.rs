@@ -181,14 +181,22 @@ fn wasi_calls_answer_wasi_errnos() -> Result<()> {
             format!(
                 "(call $fd_read (i32.const 0) (i32.const 200) (i32.const 1) (i32.const {RET}))"
             ),
+            format!("(call $environ_get (i32.const {RET}) (i32.const 2048))"),
+            format!("(call $environ_get (i32.const -4) (i32.const 2048))"),
+            format!("(call $args_get (i32.const {RET}) (i32.const 2048))"),
             format!(
                 "(call $path_open (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i64.const 0) (i64.const 0) (i32.const 0) (i32.const {RET}))"
             ),
         ]
     });
-    let (h, got) = run_probe(&g)?;
+    let compiled = g.compile(wasm::host());
+    let mut h = Harness::from_compiled(&compiled)
+        .with_settings(|s| s.env = vec![("MODE".into(), "test".into())])
+        .start()?;
+    h.request_headers(&[(":path", "/")], true)?;
+    let got = h.histogram("probe").unwrap_or_default();
     // SUCCESS 0, BADF 8, FAULT 21, INVAL 28, NOSYS 52.
-    assert_eq!(got, vec![0, 8, 21, 0, 28, 0, 28, 0, 21, 8, 52]);
+    assert_eq!(got, vec![0, 8, 21, 0, 28, 0, 28, 0, 21, 8, 0, 21, 0, 52]);
     assert!(h.logged(LogLevel::Info, "hello from stdout"));
     assert!(h.logged(
         LogLevel::Warn,
@@ -253,6 +261,8 @@ fn buffers_properties_metrics_and_foreign_functions() -> Result<()> {
             "(call $unknown (i32.const 2))".to_string(),
             format!("(call $get_log_level (i32.const {RET}))"),
             format!("(call $set_tick (i32.const 0))"),
+            format!("(call $log (i32.const 9) {value})"),
+            format!("(call $log (i32.const 5) {value})"),
         ]
     });
     let (h, got) = run_probe(&g)?;
@@ -286,6 +296,8 @@ fn buffers_properties_metrics_and_foreign_functions() -> Result<()> {
             UNIMPLEMENTED,
             UNIMPLEMENTED,
             OK,
+            OK,
+            BAD_ARGUMENT,
             OK
         ]
     );
@@ -672,6 +684,8 @@ fn grpc_calls_streams_and_their_responses() -> Result<()> {
             (call $rec (call $get_buffer (i32.const 5) (i32.const 0) (i32.const -1) (i32.const {RET}) (i32.const {RET2}))))"#))
         .func(r#"(func (export "proxy_on_grpc_receive_initial_metadata") (param i32 i32 i32)
             (call $rec (i32.add (i32.const 1000) (local.get 2))))"#)
+        .func(r#"(func (export "proxy_on_grpc_receive_trailing_metadata") (param i32 i32 i32)
+            (call $rec (i32.add (i32.const 2000) (local.get 2))))"#)
         .func(&format!(r#"(func (export "proxy_on_grpc_close") (param i32 i32 i32)
             (call $rec (local.get 2))
             (call $rec (call $get_status (i32.const {RET3}) (i32.const {RET}) (i32.const {RET2})))
@@ -708,6 +722,7 @@ fn grpc_calls_streams_and_their_responses() -> Result<()> {
         vec![
             GrpcEvent::InitialMetadata(HeaderMap::from_pairs(&[("a", "1"), ("b", "2")])),
             GrpcEvent::Message(b"reply!".to_vec()),
+            GrpcEvent::TrailingMetadata(HeaderMap::from_pairs(&[("t", "1")])),
             GrpcEvent::Close {
                 status: 5,
                 message: "not found".into(),
@@ -715,7 +730,7 @@ fn grpc_calls_streams_and_their_responses() -> Result<()> {
         ],
     )?;
     let got = h.histogram("probe").unwrap_or_default();
-    assert_eq!(&got[9..], &[1002, 6, OK, 5, OK, 9]);
+    assert_eq!(&got[9..], &[1002, 6, OK, 2001, 5, OK, 9]);
     assert!(
         h.respond_grpc(calls[1].token, vec![]).is_err(),
         "a cancelled stream takes no reply"
@@ -760,4 +775,172 @@ fn a_module_without_an_abi_marker_is_refused() {
         wasm::host().compile(&wasm),
         Err(shadowplane_host_runner::Error::UnknownAbi)
     ));
+}
+
+#[test]
+fn bodies_and_maps_can_be_rewritten_and_streams_reset() -> Result<()> {
+    let mut g = Guest::new();
+    let prefix = g.s(b"<<");
+    let suffix = g.s(b">>");
+    let pairs = g.map(&[(":path", "/rewritten"), ("X-New", "1")]);
+    let g = g
+        .func(VM_START)
+        .func(&format!(
+            r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+            (call $rec (call $set_pairs (i32.const 0) {pairs}))
+            (call $rec (call $now (i32.const {RET})))
+            (drop (call $record_metric (global.get $probe) (i64.load (i32.const {RET}))))
+            (i32.const 0))"#
+        ))
+        .func(&format!(
+            r#"(func (export "proxy_on_request_body") (param i32 i32 i32) (result i32)
+            (call $rec (call $buffer_status (i32.const 0) (i32.const {RET}) (i32.const {RET2})))
+            (call $rec (i32.load (i32.const {RET})))
+            (call $rec (call $set_buffer (i32.const 0) (i32.const 0) (i32.const 0) {prefix}))
+            (call $rec (call $set_buffer (i32.const 0) (i32.const -1) (i32.const 0) {suffix}))
+            (call $rec (call $set_buffer (i32.const 0) (i32.const 2) (i32.const 1) {suffix}))
+            (call $rec (call $set_buffer (i32.const 6) (i32.const 0) (i32.const 0) {suffix}))
+            (i32.const 0))"#
+        ))
+        .func(
+            r#"(func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+            (call $rec (call $close_stream (i32.const 1)))
+            (i32.const 0))"#,
+        );
+    let mut h = Harness::from_compiled(&g.compile(wasm::host())).start()?;
+    h.request_headers(&[(":path", "/"), ("x-old", "1")], false)?;
+    h.expect_request_header(":path", "/rewritten")?;
+    h.expect_request_header("x-new", "1")?;
+    h.expect_request_header("x-old", None)?;
+    h.request_body(b"body", true)?;
+    // "<<" prepended, ">>" appended, then byte 2 ('b') replaced by ">>".
+    assert_eq!(
+        h.stream().map(|s| s.request_forwarded.clone()),
+        Some(b"<<>>ody>>".to_vec())
+    );
+    h.response_headers(&[(":status", "200")], true)?;
+    assert_eq!(h.stream().map(|s| s.reset), Some(true));
+    assert!(
+        h.response_body(b"x", true).is_err(),
+        "a reset stream takes no more events"
+    );
+    let start_ns = shadowplane_host_runner::InstanceSettings::default()
+        .clock
+        .now_ns();
+    assert_eq!(
+        h.histogram("probe"),
+        Some(vec![OK, OK, start_ns, OK, 4, OK, OK, OK, BAD_ARGUMENT, OK])
+    );
+    Ok(())
+}
+
+/// A seeded stream of random calls with random arguments at the ABI surface: whatever the
+/// arguments, each call returns a status the spec defines and the host never traps or panics.
+#[test]
+fn random_calls_at_the_abi_surface_only_return_spec_statuses() -> Result<()> {
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let arg = |r: u64| -> i64 {
+        match r % 6 {
+            0 => 0,
+            1 => (r >> 8) as i64 % 300_000,
+            2 => -1,
+            3 => (r >> 8) as i64 % 16,
+            4 => 262_140,
+            _ => (r >> 32) as i32 as i64,
+        }
+    };
+    // name, i32 argument count; the return pointers are random too.
+    let funcs: &[(&str, usize)] = &[
+        ("$log", 3),
+        ("$get_log_level", 1),
+        ("$now", 1),
+        ("$map_size", 2),
+        ("$get_pairs", 3),
+        ("$set_pairs", 3),
+        ("$get_header", 5),
+        ("$add_header", 5),
+        ("$replace_header", 5),
+        ("$remove_header", 3),
+        ("$get_buffer", 5),
+        ("$set_buffer", 5),
+        ("$buffer_status", 3),
+        ("$get_property", 4),
+        ("$set_property", 4),
+        ("$http_call", 10),
+        ("$grpc_call", 12),
+        ("$grpc_stream", 9),
+        ("$grpc_send", 4),
+        ("$grpc_cancel", 1),
+        ("$grpc_close", 1),
+        ("$get_status", 3),
+        ("$define_metric", 4),
+        ("$get_metric", 2),
+        ("$get_shared", 5),
+        ("$set_shared", 5),
+        ("$register_queue", 3),
+        ("$resolve_queue", 5),
+        ("$enqueue", 3),
+        ("$dequeue", 3),
+        ("$continue_stream", 1),
+        ("$close_stream", 1),
+        ("$send_local_response", 8),
+        ("$set_effective", 1),
+        ("$done", 0),
+        ("$foreign", 6),
+    ];
+    let g = probe(|_| {
+        (0..400)
+            .map(|_| {
+                let (f, n) = funcs[(next() % funcs.len() as u64) as usize];
+                let args: String = (0..n)
+                    .map(|_| format!(" (i32.const {})", arg(next()) as i32))
+                    .collect();
+                format!("(call {f}{args})")
+            })
+            .collect()
+    });
+    let (h, got) = run_probe(&g)?;
+    assert_eq!(got.len(), 400);
+    let spec = [0, 1, 2, 3, 4, 6, 7, 8, 10, 12];
+    for s in &got {
+        assert!(spec.contains(s), "status {s} is not in the spec");
+    }
+    assert!(
+        got.contains(&OOB) && got.contains(&OK),
+        "the arguments reach both outcomes"
+    );
+    assert!(h.traps().is_empty(), "{:?}", h.traps());
+    Ok(())
+}
+
+#[test]
+fn proc_exit_is_a_trap_under_the_failure_policy() -> Result<()> {
+    let g = Guest::new().func(
+        r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+        (call $proc_exit (i32.const 3)) (i32.const 0))"#,
+    );
+    let mut h = Harness::from_compiled(&g.compile(wasm::host())).start()?;
+    assert_eq!(h.request_headers(&[(":path", "/")], true)?, Action::Pause);
+    assert!(h.traps()[0].contains("proc_exit(3)"), "{:?}", h.traps());
+    assert_eq!(h.local_response().map(|l| l.status), Some(503));
+    Ok(())
+}
+
+#[test]
+fn start_is_called_when_initialize_is_absent() -> Result<()> {
+    let g = Guest::new()
+        .func(r#"(func (export "_start") (global.set $heap (i32.const 140000)))"#)
+        .func(
+            r#"(func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+            (call $define_probe) (call $rec (global.get $heap)) (i32.const 1))"#,
+        );
+    let h = Harness::from_compiled(&g.compile(wasm::host())).start()?;
+    assert_eq!(h.histogram("probe"), Some(vec![140000]));
+    Ok(())
 }

@@ -53,6 +53,9 @@ const IMPORTS: &str = r#"
   (import "wasi_snapshot_preview1" "random_get" (func $random_get (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "environ_sizes_get" (func $environ_sizes_get (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_get" (func $environ_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "args_get" (func $args_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
   (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
 "#;
@@ -127,10 +130,12 @@ impl Guest {
   (func (export "proxy_on_memory_allocate") (param i32) (result i32)
     (global.get $heap)
     (global.set $heap (i32.add (global.get $heap) (i32.and (i32.add (local.get 0) (i32.const 7)) (i32.const -8)))))
+  (global $probe (mut i32) (i32.const 0))
   (func $rec (param i32)
-    (drop (call $record_metric (i32.load (i32.const 0)) (i64.extend_i32_u (local.get 0)))))
+    (drop (call $record_metric (global.get $probe) (i64.extend_i32_u (local.get 0)))))
   (func $define_probe
-    (drop (call $define_metric (i32.const 2) (i32.const 8) (i32.const 5) (i32.const 0))))
+    (drop (call $define_metric (i32.const 2) (i32.const 8) (i32.const 5) (i32.const 0)))
+    (global.set $probe (i32.load (i32.const 0))))
   (data (i32.const 8) "probe")
 "#,
         );
