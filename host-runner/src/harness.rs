@@ -64,6 +64,7 @@ pub struct Harness {
     current: Option<u32>,
     last: Option<(u32, Stream)>,
     trace: Vec<TraceEvent>,
+    tracing: bool,
     logs_seen: usize,
     http_seen: usize,
     grpc_seen: usize,
@@ -98,6 +99,7 @@ impl Harness {
             current: None,
             last: None,
             trace: Vec::new(),
+            tracing: true,
             logs_seen: 0,
             http_seen: 0,
             grpc_seen: 0,
@@ -109,6 +111,12 @@ impl Harness {
         f(&mut self.settings);
         self.now_ns = self.settings.clock.now_ns();
         self.start_ns = self.now_ns;
+        self
+    }
+
+    /// Turns the trace on (the default) or off; off, a request costs no formatting.
+    pub fn with_trace(mut self, on: bool) -> Self {
+        self.tracing = on;
         self
     }
 
@@ -163,7 +171,7 @@ impl Harness {
     }
 
     fn start_plugin(&mut self) -> Result<()> {
-        self.event("start: proxy_on_vm_start, proxy_on_configure".to_string());
+        self.event(|| "start: proxy_on_vm_start, proxy_on_configure".to_string());
         let mut p = Plugin::new(&self.compiled, self.settings.clone(), self.shared.clone())?;
         p.set_now(self.now_ns);
         let r = p.start();
@@ -196,15 +204,27 @@ impl Harness {
             .ok_or_else(|| Error::Failed("not started".into()))
     }
 
-    fn event(&mut self, text: String) {
+    fn event(&mut self, text: impl FnOnce() -> String) {
+        if !self.tracing {
+            return;
+        }
         let at_ms = (self.now_ns.saturating_sub(self.start_ns)) / 1_000_000;
-        self.trace.push(TraceEvent { at_ms, text });
+        self.trace.push(TraceEvent {
+            at_ms,
+            text: text(),
+        });
     }
 
     /// Moves what the last guest call logged and dispatched into the trace.
     fn collect_logs(&mut self) {
         let Some(p) = &self.plugin else { return };
         let st = p.state();
+        if !self.tracing {
+            self.logs_seen = st.logs.len();
+            self.http_seen = st.http_calls.len();
+            self.grpc_seen = st.grpc_calls.len();
+            return;
+        }
         let mut lines = Vec::new();
         for l in st.logs.iter().skip(self.logs_seen) {
             lines.push(format!("  log {:?}: {}", l.level, l.message));
@@ -229,7 +249,7 @@ impl Harness {
         self.http_seen = st.http_calls.len();
         self.grpc_seen = st.grpc_calls.len();
         for l in lines {
-            self.event(l);
+            self.event(|| l);
         }
     }
 
@@ -249,10 +269,8 @@ impl Harness {
             Ok(v) => Ok(Some(v)),
             Err(Error::Trap { callback, message }) => {
                 let text = format!("{callback}: {message}");
-                self.event(format!(
-                    "  TRAP in {text}; failure policy {:?}",
-                    self.policy
-                ));
+                let policy = self.policy;
+                self.event(|| format!("  TRAP in {text}; failure policy {policy:?}"));
                 self.traps.push(text.clone());
                 self.broken = Some(text);
                 self.failures += 1;
@@ -286,7 +304,7 @@ impl Harness {
                 grpc_status: None,
             });
             st.local_sent = true;
-            self.event(format!("  local reply 503 ({FAIL_DETAILS}) on stream {id}"));
+            self.event(|| format!("  local reply 503 ({FAIL_DETAILS}) on stream {id}"));
         }
     }
 
@@ -307,11 +325,11 @@ impl Harness {
                 return Ok(());
             }
             for id in done {
-                self.event(format!("proxy_done on {id}: proxy_on_log, proxy_on_delete"));
+                self.event(|| format!("proxy_done on {id}: proxy_on_log, proxy_on_delete"));
                 self.finish_context(id)?;
             }
             if let Some((_, context, queue)) = ready {
-                self.event(format!("proxy_on_queue_ready(queue {queue})"));
+                self.event(|| format!("proxy_on_queue_ready(queue {queue})"));
                 self.guarded(None, |p| p.queue_ready(context, queue))?;
             }
         }
@@ -319,14 +337,13 @@ impl Harness {
     }
 
     fn finish_context(&mut self, id: u32) -> Result<()> {
-        if let Some(st) = self.plugin.as_ref().and_then(|p| p.stream(id)) {
-            self.last = Some((id, st.clone()));
-        }
-        let r = self.guarded(Some(id), |p| p.log_and_delete(id))?;
-        if r.is_none()
-            && let Some(p) = self.plugin.as_mut()
+        self.guarded(Some(id), |p| p.log_and_delete(id))?;
+        if let Some(st) = self
+            .plugin
+            .as_mut()
+            .and_then(|p| p.state_mut().streams.remove(&id))
         {
-            p.state_mut().streams.remove(&id);
+            self.last = Some((id, st));
         }
         if self.current == Some(id) {
             self.current = None;
@@ -340,7 +357,7 @@ impl Harness {
             && self.policy == FailurePolicy::Reload
             && self.now_ns >= self.retry_at_ns
         {
-            self.event("reload: new instance".to_string());
+            self.event(|| "reload: new instance".to_string());
             let old_logs = self.plugin.as_ref().map(|p| p.state().logs.clone());
             match Plugin::new(&self.compiled, self.settings.clone(), self.shared.clone()).and_then(
                 |mut p| {
@@ -366,7 +383,7 @@ impl Harness {
                     self.failures += 1;
                     let backoff = 1_000_000_000u64 << (self.failures - 1).min(6);
                     self.retry_at_ns = self.now_ns.saturating_add(backoff.min(60_000_000_000));
-                    self.event(format!("  reload failed: {e}"));
+                    self.event(|| format!("  reload failed: {e}"));
                 }
             }
         }
@@ -375,7 +392,7 @@ impl Harness {
         if broken {
             self.fail_stream(id);
         } else {
-            self.event(format!("stream {id}: proxy_on_context_create"));
+            self.event(|| format!("stream {id}: proxy_on_context_create"));
             self.guarded(Some(id), |p| p.create_stream_context(id))?;
         }
         self.current = Some(id);
@@ -407,13 +424,19 @@ impl Harness {
     }
 
     /// After a stream callback: record the action, apply a local response.
-    fn after(&mut self, id: u32, side: Side, what: &str, action: Option<Action>) -> Result<Action> {
+    fn after(
+        &mut self,
+        id: u32,
+        side: Side,
+        what: impl FnOnce() -> String,
+        action: Option<Action>,
+    ) -> Result<Action> {
         let action = match action {
             Some(a) => a,
             None if self.policy == FailurePolicy::FailOpen => Action::Continue,
             None => Action::Pause,
         };
-        self.event(format!("  {what} -> {action:?}"));
+        self.event(|| format!("  {} -> {action:?}", what()));
         let p = self.plugin_mut()?;
         let Ok(st) = p.stream_mut(id) else {
             return Ok(action);
@@ -435,7 +458,7 @@ impl Harness {
             (Side::Response, Action::Pause) => st.response_paused = true,
         }
         if st.reset {
-            self.event(format!("  stream {id} reset by the plugin"));
+            self.event(|| format!("  stream {id} reset by the plugin"));
         }
         self.deliver_local_response(id)?;
         self.settle()?;
@@ -464,16 +487,18 @@ impl Harness {
         }
         st.response_headers = Some(headers.clone());
         st.response_body = lr.body.clone();
-        self.event(format!(
-            "  local reply {} ({}) on stream {id}",
-            lr.status, lr.details
-        ));
+        self.event(|| {
+            format!(
+                "  local reply {} ({}) on stream {id}",
+                lr.status, lr.details
+            )
+        });
         if through_filter {
             let n = headers.len() as u32;
             let eos = lr.body.is_empty();
-            self.event(format!(
-                "  proxy_on_response_headers({n} headers, eos={eos}) for the local reply"
-            ));
+            self.event(|| {
+                format!("  proxy_on_response_headers({n} headers, eos={eos}) for the local reply")
+            });
             self.guarded(Some(id), |p| p.headers(id, Side::Response, n, eos))?;
             if !eos {
                 let len = lr.body.len() as u32;
@@ -500,7 +525,7 @@ impl Harness {
         self.after(
             id,
             Side::Request,
-            &format!("proxy_on_request_headers({n} headers, eos={eos})"),
+            || format!("proxy_on_request_headers({n} headers, eos={eos})"),
             a,
         )
     }
@@ -515,7 +540,7 @@ impl Harness {
         self.after(
             id,
             Side::Request,
-            &format!("proxy_on_request_body({size} bytes, eos={eos})"),
+            || format!("proxy_on_request_body({size} bytes, eos={eos})"),
             a,
         )
     }
@@ -530,7 +555,7 @@ impl Harness {
         self.after(
             id,
             Side::Request,
-            &format!("proxy_on_request_trailers({n})"),
+            || format!("proxy_on_request_trailers({n})"),
             a,
         )
     }
@@ -545,7 +570,7 @@ impl Harness {
         self.after(
             id,
             Side::Response,
-            &format!("proxy_on_response_headers({n} headers, eos={eos})"),
+            || format!("proxy_on_response_headers({n} headers, eos={eos})"),
             a,
         )
     }
@@ -560,7 +585,7 @@ impl Harness {
         self.after(
             id,
             Side::Response,
-            &format!("proxy_on_response_body({size} bytes, eos={eos})"),
+            || format!("proxy_on_response_body({size} bytes, eos={eos})"),
             a,
         )
     }
@@ -575,7 +600,7 @@ impl Harness {
         self.after(
             id,
             Side::Response,
-            &format!("proxy_on_response_trailers({n})"),
+            || format!("proxy_on_response_trailers({n})"),
             a,
         )
     }
@@ -588,17 +613,15 @@ impl Harness {
         let done = self.guarded(Some(id), |p| p.done(id))?;
         match done {
             Some(false) => {
-                self.event(format!(
-                    "stream {id}: proxy_on_done -> false (waits for proxy_done)"
-                ));
+                self.event(|| {
+                    format!("stream {id}: proxy_on_done -> false (waits for proxy_done)")
+                });
                 self.plugin_mut()?.stream_mut(id)?.done_pending = true;
                 self.current = None;
                 self.settle()
             }
             _ => {
-                self.event(format!(
-                    "stream {id}: proxy_on_done, proxy_on_log, proxy_on_delete"
-                ));
+                self.event(|| format!("stream {id}: proxy_on_done, proxy_on_log, proxy_on_delete"));
                 self.finish_context(id)?;
                 self.settle()
             }
@@ -630,7 +653,7 @@ impl Harness {
                 (None, None) => break,
                 (Some(t), to) if to.is_none_or(|(tt, _)| t <= tt) => {
                     self.set_now(t);
-                    self.event("proxy_on_tick".to_string());
+                    self.event(|| "proxy_on_tick".to_string());
                     let before = self.plugin()?.state().next_tick_ns;
                     self.guarded(None, |p| p.tick())?;
                     let p = self.plugin_mut()?;
@@ -644,7 +667,7 @@ impl Harness {
                 }
                 (_, Some((t, token))) => {
                     self.set_now(t);
-                    self.event(format!("http callout {token} timed out"));
+                    self.event(|| format!("http callout {token} timed out"));
                     self.answer_http(token, None)?;
                 }
                 (Some(_), None) => break,
@@ -687,7 +710,7 @@ impl Harness {
         for (k, v) in headers {
             h.add(k, v);
         }
-        self.event(format!("http callout {token} answered {status}"));
+        self.event(|| format!("http callout {token} answered {status}"));
         self.answer_http(
             token,
             Some(CalloutResponse {
@@ -700,7 +723,7 @@ impl Harness {
 
     /// Fails HTTP callout `token` (a reset: the plugin sees zero headers).
     pub fn fail_http(&mut self, token: u32) -> Result<()> {
-        self.event(format!("http callout {token} failed"));
+        self.event(|| format!("http callout {token} failed"));
         self.answer_http(token, None)
     }
 
@@ -730,7 +753,7 @@ impl Harness {
         let context = call.context;
         for e in events {
             let closes = matches!(e, GrpcEvent::Close { .. });
-            self.event(format!("grpc callout {token}: {e:?}"));
+            self.event(|| format!("grpc callout {token}: {e:?}"));
             if closes
                 && let Some(c) = self
                     .plugin_mut()?
@@ -749,7 +772,7 @@ impl Harness {
 
     /// Adds a line of the caller's own to the trace.
     pub fn note(&mut self, text: String) {
-        self.event(text);
+        self.event(|| text);
     }
 
     /// Delivers `proxy_on_queue_ready` for items other workers enqueued since this one last ran.

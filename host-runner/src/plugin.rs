@@ -325,14 +325,8 @@ impl Plugin {
         }
     }
 
-    /// `proxy_on_log` then `proxy_on_delete`, and the context is gone.
+    /// `proxy_on_log` then `proxy_on_delete`; the caller then drops the stream's state.
     pub fn log_and_delete(&mut self, id: u32) -> Result<()> {
-        let r = self.log_and_delete_inner(id);
-        self.store.data_mut().streams.remove(&id);
-        r
-    }
-
-    fn log_and_delete_inner(&mut self, id: u32) -> Result<()> {
         if let Some(f) = self.cb.log.clone() {
             self.call("proxy_on_log", id, |s| f.call(s, id))?;
         }
