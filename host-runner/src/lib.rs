@@ -27,5 +27,6 @@ pub use harness::{FailurePolicy, Harness, TraceEvent};
 pub use host::{Compiled, Host, HostConfig};
 pub use plugin::{GrpcEvent, Plugin};
 pub use state::{
-    Clock, HeaderMap, HostState, HttpCall, InstanceSettings, LocalResponse, LogEntry, Shared,
+    Clock, HeaderMap, HostState, HttpCall, InstanceSettings, LocalResponse, LogEntry, Metric,
+    Shared, Stream,
 };

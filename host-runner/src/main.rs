@@ -2,7 +2,13 @@
 //!
 //! `host-runner run --wasm F --scenario S.yaml [--json]` plays a scenario, prints its trace
 //! (or a JSON report) and exits 0 only when every expectation held.
+//! `host-runner serve --wasm F --listen ADDR --upstream URL [--config JSON] [--cluster N=URL]`
+//! proxies live traffic through the plugin.
 
+mod serve;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -32,6 +38,39 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Proxy HTTP/1.1 and HTTP/2 traffic through the plugin.
+    Serve {
+        /// The plugin's .wasm.
+        #[arg(long)]
+        wasm: PathBuf,
+        /// Address to listen on (port 0 picks one; the chosen address is printed).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Where requests go, e.g. http://127.0.0.1:9000.
+        #[arg(long)]
+        upstream: hyper::Uri,
+        /// Plugin configuration (JSON text).
+        #[arg(long, default_value = "")]
+        config: String,
+        /// A cluster the plugin's callouts may reach, as NAME=URL; repeatable.
+        #[arg(long = "cluster", value_parser = parse_cluster)]
+        clusters: Vec<(String, hyper::Uri)>,
+    },
+}
+
+fn parse_cluster(s: &str) -> Result<(String, hyper::Uri), String> {
+    let (name, url) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=URL"))?;
+    let uri = url.parse().map_err(|e| format!("`{url}`: {e}"))?;
+    Ok((name.to_string(), uri))
+}
+
+fn load(wasm: &PathBuf) -> Result<shadowplane_host_runner::Compiled> {
+    let bytes = std::fs::read(wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
+    let host = Host::new(HostConfig::default())?;
+    host.compile(&bytes)
+        .with_context(|| format!("cannot load {}", wasm.display()))
 }
 
 fn main() -> ExitCode {
@@ -46,19 +85,35 @@ fn main() -> ExitCode {
 }
 
 fn real_main() -> Result<bool> {
-    let Command::Run {
-        wasm,
-        scenario,
-        json,
-    } = Cli::parse().command;
+    let (wasm, scenario, json) = match Cli::parse().command {
+        Command::Run {
+            wasm,
+            scenario,
+            json,
+        } => (wasm, scenario, json),
+        Command::Serve {
+            wasm,
+            listen,
+            upstream,
+            config,
+            clusters,
+        } => {
+            let compiled = load(&wasm)?;
+            let opts = serve::Options {
+                listen,
+                upstream,
+                config: config.into_bytes(),
+                clusters: clusters.into_iter().collect::<BTreeMap<_, _>>(),
+            };
+            let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
+            rt.block_on(serve::serve(&compiled, opts))?;
+            return Ok(true);
+        }
+    };
     let text = std::fs::read_to_string(&scenario)
         .with_context(|| format!("cannot read {}", scenario.display()))?;
     let sc = Scenario::from_yaml(&text, &scenario.display().to_string())?;
-    let bytes = std::fs::read(&wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
-    let host = Host::new(HostConfig::default())?;
-    let compiled = host
-        .compile(&bytes)
-        .with_context(|| format!("cannot load {}", wasm.display()))?;
+    let compiled = load(&wasm)?;
     let outcome = sc.run(&compiled)?;
     if json {
         let report = serde_json::json!({

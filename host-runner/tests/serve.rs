@@ -1,0 +1,139 @@
+//! `host-runner serve` on live traffic: a request through the shadowplane filter to a real
+//! upstream on loopback, and the filter's telemetry callout to a real collector.
+
+#[path = "support/wasm.rs"]
+mod wasm;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// An HTTP/1.1 server on loopback that answers every request with `response` and sends each
+/// request's head and body, as text, to the returned channel.
+fn server(response: &'static str) -> (String, mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Read the head, then as much body as content-length says.
+            while let Ok(n) = conn.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            let _ = tx.send(String::from_utf8_lossy(&buf).into_owned());
+            let _ = conn.write_all(response.as_bytes());
+        }
+    });
+    (addr, rx)
+}
+
+struct Proxy(Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(upstream: &str, collector: &str, config: &str) -> (Proxy, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_host-runner"))
+        .arg("serve")
+        .arg("--wasm")
+        .arg(wasm::filter_path())
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--upstream", &format!("http://{upstream}")])
+        .args(["--cluster", &format!("collector=http://{collector}")])
+        .args(["--config", config])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("host-runner serve starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("a first line");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (Proxy(child), addr)
+}
+
+fn get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}
+
+#[test]
+fn live_requests_are_routed_and_reported() {
+    let (upstream, upstream_rx) = server(
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-shadowplane-upstream: blue\r\nconnection: close\r\n\r\nok",
+    );
+    let (collector, collector_rx) =
+        server("HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    let config = r#"{"groups": [{"name": "blue", "weight": 1}], "report_interval_ms": 100,
+        "telemetry": {"cluster": "collector", "auth_token": "t0k", "timeout_ms": 2000}}"#;
+    let (_proxy, addr) = start(&upstream, &collector, config);
+    let response = get(&addr, "/orders?id=1");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("ok"), "{response}");
+    assert!(
+        !response
+            .to_ascii_lowercase()
+            .contains("x-shadowplane-upstream"),
+        "the filter removes the upstream stamp: {response}"
+    );
+    let seen = upstream_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the upstream got it");
+    assert!(seen.starts_with("GET /orders?id=1 HTTP/1.1"), "{seen}");
+    assert!(
+        seen.to_ascii_lowercase()
+            .contains("x-shadowplane-cluster: blue"),
+        "{seen}"
+    );
+    // The report window is 100 ms: the collector hears from the filter soon.
+    let report = collector_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a report");
+    assert!(report.starts_with("POST /v1/telemetry"), "{report}");
+    assert!(
+        report
+            .to_ascii_lowercase()
+            .contains("authorization: bearer t0k"),
+        "{report}"
+    );
+}
