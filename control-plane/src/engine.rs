@@ -42,6 +42,16 @@ const SETTLE_WINDOWS: u64 = 2;
 /// failed hard (not a prediction).
 const FAILED_SHARE: f64 = 0.5;
 const FAILED_MIN: u64 = 10;
+/// The error-rate forecaster is fed the rate over the newest windows that hold at least this
+/// many requests together (at most [`ERROR_POOL_WINDOWS`] of them): at 40 requests a window,
+/// one failed request is a 2.5% "error rate", which would trip any SLO by chance.
+const ERROR_POOL_REQUESTS: u64 = 500;
+const ERROR_POOL_WINDOWS: usize = 30;
+/// Likewise the latency models are fed the p99 of the newest windows that hold at least this
+/// many requests together (their sketches merge exactly), at most [`LATENCY_POOL_WINDOWS`]:
+/// the p99 of 40 requests is their second slowest, noise that hides a slow trend.
+const LATENCY_POOL_REQUESTS: u64 = 200;
+const LATENCY_POOL_WINDOWS: usize = 10;
 /// How long the previous run's instances are kept while no Envoy has reconnected.
 const ORPHAN_GRACE: Duration = Duration::from_secs(60);
 
@@ -123,6 +133,48 @@ struct Models {
     sys_stored_ms: u64,
     /// Flush time of the newest Envoy upstream sample stored.
     upstream_stored_ms: u64,
+    /// (requests, failed) of the newest filter windows, newest last, for the pooled error rate.
+    error_pool: VecDeque<(u64, u64)>,
+    /// Latency sketches of the newest filter windows, newest last, for the pooled p99.
+    latency_pool: VecDeque<shadowplane_wire::LatencySketch>,
+}
+
+/// Adds a window's latency sketch to `pool` and returns the p99 (ms) of the newest windows
+/// that reach [`LATENCY_POOL_REQUESTS`] together, merged.
+fn pooled_p99_ms(
+    pool: &mut VecDeque<shadowplane_wire::LatencySketch>,
+    latency: &shadowplane_wire::LatencySketch,
+) -> Option<f64> {
+    pool.push_back(latency.clone());
+    while pool.len() > LATENCY_POOL_WINDOWS {
+        pool.pop_front();
+    }
+    let mut merged = shadowplane_wire::LatencySketch::new();
+    for sketch in pool.iter().rev() {
+        merged.merge(sketch);
+        if merged.count() >= LATENCY_POOL_REQUESTS {
+            break;
+        }
+    }
+    merged.quantile(0.99).map(|us| us / 1000.0)
+}
+
+/// Adds a window (requests, failed) to `pool` and returns the pooled error rate: failed over
+/// requests of the newest windows that reach [`ERROR_POOL_REQUESTS`] together.
+fn pooled_error_rate(pool: &mut VecDeque<(u64, u64)>, requests: u64, failed: u64) -> f64 {
+    pool.push_back((requests, failed));
+    while pool.len() > ERROR_POOL_WINDOWS {
+        pool.pop_front();
+    }
+    let (mut rq, mut bad) = (0u64, 0u64);
+    for (r, f) in pool.iter().rev() {
+        rq += r;
+        bad += f;
+        if rq >= ERROR_POOL_REQUESTS {
+            break;
+        }
+    }
+    if rq == 0 { 0.0 } else { bad as f64 / rq as f64 }
 }
 
 impl Models {
@@ -138,6 +190,8 @@ impl Models {
             fed_until_ms: 0,
             sys_stored_ms: 0,
             upstream_stored_ms: 0,
+            error_pool: VecDeque::new(),
+            latency_pool: VecDeque::new(),
         }
     }
 }
@@ -758,7 +812,12 @@ impl Engine {
                     None => Point::default(),
                 };
                 point.time = time;
-                point.p99_ms = w.p99_ms;
+                point.p99_ms = match w.stats {
+                    Some(stats) => {
+                        pooled_p99_ms(&mut models.latency_pool, &stats.latency).unwrap_or(w.p99_ms)
+                    }
+                    None => w.p99_ms,
+                };
                 point.rps = w.requests as f64 / secs;
                 point.mirrored = w.stats.is_none();
                 if let Some(stats) = w.stats {
@@ -776,8 +835,10 @@ impl Engine {
                 };
                 // Envoy's samples carry latency only: errors and cost learn from the filter's
                 // windows (the requests clients got answers from).
-                if w.stats.is_some() {
-                    let _ = models.errors.update(time, point.error_rate, &[]);
+                if let Some(stats) = w.stats {
+                    let failed = stats.responses_5xx + stats.no_response;
+                    let pooled = pooled_error_rate(&mut models.error_pool, stats.requests, failed);
+                    let _ = models.errors.update(time, pooled, &[]);
                     if let (Some(cost), Some((kind, count))) =
                         (models.cost.as_mut(), fleet.as_ref())
                     {
@@ -1289,6 +1350,50 @@ mod tests {
             p99_ms,
         };
         (at_ms, node.into(), serde_json::to_vec(&s).unwrap())
+    }
+
+    #[test]
+    fn the_error_rate_is_pooled_over_enough_requests() {
+        let mut pool = VecDeque::new();
+        // 40 requests a window, one failure now and then: about 0.1%, not 2.5%.
+        let mut rates = Vec::new();
+        for i in 0..40 {
+            rates.push(pooled_error_rate(&mut pool, 40, u64::from(i % 10 == 0)));
+        }
+        assert!(rates[0] == 1.0 / 40.0, "{rates:?}");
+        let last = *rates.last().unwrap();
+        // The newest 13 windows (520 requests) hold one failure.
+        assert!((last - 1.0 / 520.0).abs() < 1e-12, "{last}");
+        // Enough requests in one window: that window alone.
+        assert_eq!(pooled_error_rate(&mut pool, 1000, 50), 0.05);
+    }
+
+    #[test]
+    fn the_p99_is_pooled_over_enough_requests() {
+        let mut pool = VecDeque::new();
+        let sketch = |n: u64, ms: f64| {
+            let mut s = LatencySketch::new();
+            for _ in 0..n {
+                s.add(ms * 1000.0);
+            }
+            s
+        };
+        // Four windows of 50 requests: the fourth is slow, but its p99 is pooled with the
+        // three before it (200 requests), of which it is a quarter.
+        for _ in 0..3 {
+            pooled_p99_ms(&mut pool, &sketch(50, 10.0));
+        }
+        let p = pooled_p99_ms(&mut pool, &sketch(50, 80.0)).unwrap();
+        assert!((p - 80.0).abs() < 1.0, "{p}");
+        let mut fast_tail = sketch(49, 10.0);
+        fast_tail.add(500_000.0);
+        let p = pooled_p99_ms(&mut pool, &fast_tail).unwrap();
+        // 200 requests: 150 at 10 ms (three windows ago dropped), 50 at 80, one at 500: the
+        // p99 is one of the 80 ms ones, not the outlier.
+        assert!((p - 80.0).abs() < 1.0, "{p}");
+        // A window with enough requests alone is its own p99.
+        let p = pooled_p99_ms(&mut pool, &sketch(300, 20.0)).unwrap();
+        assert!((p - 20.0).abs() < 0.3, "{p}");
     }
 
     #[test]
