@@ -7,17 +7,25 @@ use anyhow::{Context, Result, bail};
 
 mod filter_overhead;
 mod host_runner;
+mod migration;
 mod model;
 mod xds_fanout;
 
 /// The benches `run` knows, for the error on an unknown name.
-const KNOWN: &[&str] = &["filter-overhead", "host-runner", "model", "xds-fanout"];
+const KNOWN: &[&str] = &[
+    "filter-overhead",
+    "host-runner",
+    "migration",
+    "model",
+    "xds-fanout",
+];
 
 /// Runs the bench called `name`.
 pub fn run(root: &Path, name: &str) -> Result<()> {
     let bench = match name {
         "filter-overhead" => filter_overhead::run,
         "host-runner" => host_runner::run,
+        "migration" => migration::run,
         "model" => model::run,
         "xds-fanout" => xds_fanout::run,
         _ => bail!(

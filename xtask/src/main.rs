@@ -2,6 +2,7 @@
 
 mod bench;
 mod cmd;
+mod demo;
 mod eval;
 mod setup;
 mod test;
@@ -9,7 +10,7 @@ mod test;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 /// shadowplane's developer tasks
@@ -32,11 +33,12 @@ enum Task {
     },
     /// Run a benchmark; figures go to target/bench/
     Bench {
-        /// Which benchmark: filter-overhead, model or xds-fanout
+        /// Which benchmark: filter-overhead, host-runner, migration, model or xds-fanout
         name: String,
     },
-    /// Run the end-to-end demo (not implemented yet)
-    Demo,
+    /// Run the end-to-end demo: Envoy, the filter, the control plane, two groups, load, a
+    /// scenario in compressed time, and a report
+    Demo(demo::Options),
     /// Run an evaluation; figures go to target/eval/
     Eval {
         /// Which evaluation: nab (the anomaly detector and forecaster on ../shared/data/nab)
@@ -51,7 +53,7 @@ fn main() -> Result<()> {
         Task::Setup => setup::setup(&root).map(drop),
         Task::Test { test_args } => test::test(&root, &test_args),
         Task::Bench { name } => bench::run(&root, &name),
-        Task::Demo => bail!("demo is not implemented yet: see issue 6"),
+        Task::Demo(opts) => demo::demo(&root, &opts),
         Task::Eval { name } => eval::run(&root, &name),
     }
 }
