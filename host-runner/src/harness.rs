@@ -605,6 +605,94 @@ impl Harness {
         )
     }
 
+    /// L4: a new connection (a new stream context): `proxy_on_new_connection`.
+    pub fn new_connection(&mut self) -> Result<Action> {
+        let id = self.new_stream()?;
+        self.event(|| format!("connection {id}: proxy_on_new_connection"));
+        let a = self.guarded(Some(id), |p| p.new_connection(id))?;
+        self.after_l4(id, true, a)
+    }
+
+    /// L4: bytes from downstream.
+    pub fn downstream_data(&mut self, chunk: &[u8], eos: bool) -> Result<Action> {
+        self.l4_data(chunk, eos, true)
+    }
+
+    /// L4: bytes from upstream.
+    pub fn upstream_data(&mut self, chunk: &[u8], eos: bool) -> Result<Action> {
+        self.l4_data(chunk, eos, false)
+    }
+
+    fn l4_data(&mut self, chunk: &[u8], eos: bool, downstream: bool) -> Result<Action> {
+        let id = self.current.ok_or(Error::NoStream(0))?;
+        let st = self.plugin_mut()?.stream_mut(id)?;
+        if st.downstream_closed || st.upstream_closed {
+            return Err(Error::NoStream(id));
+        }
+        let buf = if downstream {
+            &mut st.downstream_data
+        } else {
+            &mut st.upstream_data
+        };
+        buf.extend_from_slice(chunk);
+        let size = buf.len() as u32;
+        self.event(|| {
+            let side = if downstream { "downstream" } else { "upstream" };
+            format!("proxy_on_{side}_data({size} bytes, eos={eos})")
+        });
+        let a = self.guarded(Some(id), |p| p.data(id, downstream, size, eos))?;
+        self.after_l4(id, downstream, a)
+    }
+
+    fn after_l4(&mut self, id: u32, downstream: bool, action: Option<Action>) -> Result<Action> {
+        // A failed plugin on a connection: closed, unless the policy lets traffic pass.
+        let action = match action {
+            Some(a) => a,
+            None if self.policy == FailurePolicy::FailOpen => Action::Continue,
+            None => {
+                if let Ok(st) = self.plugin_mut()?.stream_mut(id) {
+                    st.downstream_closed = true;
+                    st.upstream_closed = true;
+                }
+                Action::Pause
+            }
+        };
+        self.event(|| format!("  -> {action:?}"));
+        if let Ok(st) = self.plugin_mut()?.stream_mut(id) {
+            let (data, fwd, paused) = if downstream {
+                (
+                    &mut st.downstream_data,
+                    &mut st.downstream_forwarded,
+                    &mut st.downstream_paused,
+                )
+            } else {
+                (
+                    &mut st.upstream_data,
+                    &mut st.upstream_forwarded,
+                    &mut st.upstream_paused,
+                )
+            };
+            match action {
+                Action::Continue => {
+                    *paused = false;
+                    fwd.extend(std::mem::take(data));
+                }
+                Action::Pause => *paused = true,
+            }
+        }
+        self.settle()?;
+        Ok(action)
+    }
+
+    /// L4: the downstream (`downstream` true) or upstream connection closed; `peer` as the
+    /// spec's `proxy_peer_type_t` (0 unknown, 1 local, 2 remote).
+    pub fn connection_closed(&mut self, downstream: bool, peer: u32) -> Result<()> {
+        let id = self.current.ok_or(Error::NoStream(0))?;
+        self.event(|| format!("connection {id} closed (downstream={downstream}, peer={peer})"));
+        self.guarded(Some(id), |p| p.connection_close(id, downstream, peer))?;
+        self.settle()
+    }
+
     /// The stream is over: `proxy_on_done`, then (if the plugin agrees, or later when it
     /// calls `proxy_done`) `proxy_on_log` and `proxy_on_delete`.
     pub fn end_stream(&mut self) -> Result<()> {
@@ -895,7 +983,7 @@ impl Harness {
 
     /// Milliseconds of harness time since the start.
     pub fn elapsed_ms(&self) -> u64 {
-        (self.now_ns - self.start_ns) / 1_000_000
+        self.now_ns.saturating_sub(self.start_ns) / 1_000_000
     }
 
     /// The plugin, for direct access to its state.

@@ -48,6 +48,11 @@ struct Callbacks {
     grpc_trailing_metadata: Option<F3>,
     grpc_close: Option<F3>,
     foreign_function: Option<F3>,
+    new_connection: Option<R1>,
+    downstream_data: Option<R3>,
+    upstream_data: Option<R3>,
+    downstream_close: Option<F2>,
+    upstream_close: Option<F2>,
 }
 
 fn typed<P: WasmParams, R: WasmResults>(
@@ -98,6 +103,11 @@ impl Callbacks {
             grpc_trailing_metadata: typed(store, i, "proxy_on_grpc_receive_trailing_metadata")?,
             grpc_close: typed(store, i, "proxy_on_grpc_close")?,
             foreign_function: typed(store, i, "proxy_on_foreign_function")?,
+            new_connection: typed(store, i, "proxy_on_new_connection")?,
+            downstream_data: typed(store, i, "proxy_on_downstream_data")?,
+            upstream_data: typed(store, i, "proxy_on_upstream_data")?,
+            downstream_close: typed(store, i, "proxy_on_downstream_connection_close")?,
+            upstream_close: typed(store, i, "proxy_on_upstream_connection_close")?,
         })
     }
 }
@@ -315,6 +325,48 @@ impl Plugin {
             Some(f) => self.call(name, id, |s| f.call(s, (id, count)))?,
         };
         Ok(Action::from_raw(raw))
+    }
+
+    /// L4: `proxy_on_new_connection`.
+    pub fn new_connection(&mut self, id: u32) -> Result<Action> {
+        let raw = match self.cb.new_connection.clone() {
+            None => 0,
+            Some(f) => self.call("proxy_on_new_connection", id, |s| f.call(s, id))?,
+        };
+        Ok(Action::from_raw(raw))
+    }
+
+    /// L4: `proxy_on_downstream_data` or `proxy_on_upstream_data` with the data the host holds.
+    pub fn data(&mut self, id: u32, downstream: bool, size: u32, eos: bool) -> Result<Action> {
+        let (name, f) = if downstream {
+            ("proxy_on_downstream_data", self.cb.downstream_data.clone())
+        } else {
+            ("proxy_on_upstream_data", self.cb.upstream_data.clone())
+        };
+        let raw = match f {
+            None => 0,
+            Some(f) => self.call(name, id, |s| f.call(s, (id, size, eos as u32)))?,
+        };
+        Ok(Action::from_raw(raw))
+    }
+
+    /// L4: a connection closed; `peer` is the spec's peer type (0 unknown, 1 local, 2 remote).
+    pub fn connection_close(&mut self, id: u32, downstream: bool, peer: u32) -> Result<()> {
+        let (name, f) = if downstream {
+            (
+                "proxy_on_downstream_connection_close",
+                self.cb.downstream_close.clone(),
+            )
+        } else {
+            (
+                "proxy_on_upstream_connection_close",
+                self.cb.upstream_close.clone(),
+            )
+        };
+        if let Some(f) = f {
+            self.call(name, id, |s| f.call(s, (id, peer)))?;
+        }
+        Ok(())
     }
 
     /// `proxy_on_done`; true when the plugin lets the context go now.

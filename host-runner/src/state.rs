@@ -143,6 +143,22 @@ pub struct Stream {
     pub request_headers_sent: bool,
     /// Response headers went downstream.
     pub response_headers_sent: bool,
+    /// L4: data from downstream the host holds (buffered while paused).
+    pub downstream_data: Vec<u8>,
+    /// L4: data from upstream the host holds.
+    pub upstream_data: Vec<u8>,
+    /// L4: data passed on upstream.
+    pub downstream_forwarded: Vec<u8>,
+    /// L4: data passed on downstream.
+    pub upstream_forwarded: Vec<u8>,
+    /// L4: downstream processing stopped by the plugin.
+    pub downstream_paused: bool,
+    /// L4: upstream processing stopped by the plugin.
+    pub upstream_paused: bool,
+    /// L4: the plugin closed the downstream connection.
+    pub downstream_closed: bool,
+    /// L4: the plugin closed the upstream connection.
+    pub upstream_closed: bool,
 }
 
 /// The property tree: paths (segments) to bytes, seeded by the caller.

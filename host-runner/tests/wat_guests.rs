@@ -273,7 +273,7 @@ fn buffers_properties_metrics_and_foreign_functions() -> Result<()> {
             OK,
             BAD_ARGUMENT,
             NOT_FOUND,
-            UNIMPLEMENTED,
+            OK,
             OK,
             OK,
             NOT_FOUND,
@@ -290,7 +290,7 @@ fn buffers_properties_metrics_and_foreign_functions() -> Result<()> {
             NOT_FOUND,
             BAD_ARGUMENT,
             NOT_FOUND,
-            UNIMPLEMENTED,
+            OK,
             BAD_ARGUMENT,
             BAD_ARGUMENT,
             UNIMPLEMENTED,
@@ -942,5 +942,54 @@ fn start_is_called_when_initialize_is_absent() -> Result<()> {
         );
     let h = Harness::from_compiled(&g.compile(wasm::host())).start()?;
     assert_eq!(h.histogram("probe"), Some(vec![140000]));
+    Ok(())
+}
+
+#[test]
+fn l4_connections_get_data_callbacks_buffering_and_close() -> Result<()> {
+    let mut g = Guest::new();
+    let hello = g.s(b"> ");
+    let g = g
+        .func(VM_START)
+        .func(r#"(func (export "proxy_on_new_connection") (param i32) (result i32)
+            (call $rec (i32.const 100)) (i32.const 0))"#)
+        .func(&format!(r#"(func (export "proxy_on_downstream_data") (param i32 i32 i32) (result i32)
+            (call $rec (local.get 1))
+            (if (result i32) (local.get 2)
+              (then
+                (call $rec (call $set_buffer (i32.const 2) (i32.const 0) (i32.const 0) {hello}))
+                (i32.const 0))
+              (else (i32.const 1))))"#))
+        .func(&format!(r#"(func (export "proxy_on_upstream_data") (param i32 i32 i32) (result i32)
+            (call $rec (call $get_buffer (i32.const 3) (i32.const 0) (i32.const -1) (i32.const {RET}) (i32.const {RET2})))
+            (call $rec (i32.load (i32.const {RET2})))
+            (call $rec (call $close_stream (i32.const 3)))
+            (i32.const 0))"#))
+        .func(r#"(func (export "proxy_on_downstream_connection_close") (param i32 i32)
+            (call $rec (i32.add (i32.const 200) (local.get 1))))"#)
+        .func(r#"(func (export "proxy_on_upstream_connection_close") (param i32 i32)
+            (call $rec (i32.add (i32.const 300) (local.get 1))))"#);
+    let mut h = Harness::from_compiled(&g.compile(wasm::host())).start()?;
+    assert_eq!(h.new_connection()?, Action::Continue);
+    // Paused until end of stream: the host holds the bytes and reports the growing size.
+    assert_eq!(h.downstream_data(b"ab", false)?, Action::Pause);
+    assert_eq!(h.downstream_data(b"cd", true)?, Action::Continue);
+    assert_eq!(
+        h.stream().map(|s| s.downstream_forwarded.clone()),
+        Some(b"> abcd".to_vec())
+    );
+    assert_eq!(h.upstream_data(b"xyz", false)?, Action::Continue);
+    assert_eq!(h.stream().map(|s| s.upstream_closed), Some(true));
+    assert!(
+        h.upstream_data(b"more", false).is_err(),
+        "a closed connection takes no data"
+    );
+    h.connection_closed(true, 2)?;
+    h.connection_closed(false, 1)?;
+    h.end_stream()?;
+    assert_eq!(
+        h.histogram("probe"),
+        Some(vec![100, 2, 4, OK, OK, 3, OK, 202, 301])
+    );
     Ok(())
 }

@@ -19,7 +19,6 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
 enum Found<'a> {
     Bytes(&'a [u8]),
     Missing,
-    Unsupported,
 }
 
 fn buffer(s: &HostState, ty: BufferType) -> Found<'_> {
@@ -27,7 +26,8 @@ fn buffer(s: &HostState, ty: BufferType) -> Found<'_> {
     let found = match ty {
         BufferType::RequestBody => stream.map(|st| st.request_body.as_slice()),
         BufferType::ResponseBody => stream.map(|st| st.response_body.as_slice()),
-        BufferType::DownstreamData | BufferType::UpstreamData => return Found::Unsupported,
+        BufferType::DownstreamData => stream.map(|st| st.downstream_data.as_slice()),
+        BufferType::UpstreamData => stream.map(|st| st.upstream_data.as_slice()),
         BufferType::HttpCallResponseBody => s.buffers.http_response.as_ref().map(|r| &r.body[..]),
         BufferType::GrpcReceiveBuffer => s.buffers.grpc.as_ref().map(|r| &r.body[..]),
         // Envoy keeps both configurations readable for the plugin's life, not only in the
@@ -57,11 +57,6 @@ fn get_bytes(
             b[from..to].to_vec()
         }
         Found::Missing => return Ok(Status::NotFound),
-        Found::Unsupported => {
-            c.data_mut()
-                .unimplemented("proxy_get_buffer_bytes(DOWNSTREAM/UPSTREAM_DATA)");
-            return Ok(Status::Unimplemented);
-        }
     };
     memory::copy_out(c, &bytes, rp, rs)
 }
@@ -79,23 +74,25 @@ fn set_bytes(
     };
     let value = guest!(memory::read(c, vp, vl));
     let s = c.data_mut();
+    let writable = matches!(
+        ty,
+        BufferType::RequestBody
+            | BufferType::ResponseBody
+            | BufferType::DownstreamData
+            | BufferType::UpstreamData
+    );
+    // The rest are the host's to give, not the plugin's to change.
+    if !writable {
+        return Ok(Status::BadArgument);
+    }
+    let Some(stream) = s.stream_mut() else {
+        return Ok(Status::NotFound);
+    };
     let target = match ty {
-        BufferType::RequestBody | BufferType::ResponseBody => {
-            let Some(stream) = s.stream_mut() else {
-                return Ok(Status::NotFound);
-            };
-            if ty == BufferType::RequestBody {
-                &mut stream.request_body
-            } else {
-                &mut stream.response_body
-            }
-        }
-        BufferType::DownstreamData | BufferType::UpstreamData => {
-            s.unimplemented("proxy_set_buffer_bytes(DOWNSTREAM/UPSTREAM_DATA)");
-            return Ok(Status::Unimplemented);
-        }
-        // The rest are the host's to give, not the plugin's to change.
-        _ => return Ok(Status::BadArgument),
+        BufferType::RequestBody => &mut stream.request_body,
+        BufferType::ResponseBody => &mut stream.response_body,
+        BufferType::DownstreamData => &mut stream.downstream_data,
+        _ => &mut stream.upstream_data,
     };
     let from = (start as usize).min(target.len());
     let to = from.saturating_add(size as usize).min(target.len());
@@ -110,11 +107,6 @@ fn get_status(c: &mut Caller<'_, HostState>, ty: u32, rs: u32, rf: u32) -> Resul
     let len = match buffer(c.data(), ty) {
         Found::Bytes(b) => b.len() as u32,
         Found::Missing => return Ok(Status::NotFound),
-        Found::Unsupported => {
-            c.data_mut()
-                .unimplemented("proxy_get_buffer_status(DOWNSTREAM/UPSTREAM_DATA)");
-            return Ok(Status::Unimplemented);
-        }
     };
     guest!(memory::check(c, rf, 4));
     guest!(memory::write_u32(c, rs, len));

@@ -42,6 +42,16 @@ pub(crate) fn resume(s: &mut HostState, ty: u32) -> Status {
             let body = std::mem::take(&mut st.response_body);
             st.response_forwarded.extend(body);
         }
+        2 => {
+            st.downstream_paused = false;
+            let data = std::mem::take(&mut st.downstream_data);
+            st.downstream_forwarded.extend(data);
+        }
+        3 => {
+            st.upstream_paused = false;
+            let data = std::mem::take(&mut st.upstream_data);
+            st.upstream_forwarded.extend(data);
+        }
         _ => return Status::BadArgument,
     }
     Status::Ok
@@ -49,14 +59,7 @@ pub(crate) fn resume(s: &mut HostState, ty: u32) -> Status {
 
 fn continue_stream(c: &mut Caller<'_, HostState>, ty: u32) -> Result<Status> {
     let s = c.data_mut();
-    Ok(match ty {
-        0 | 1 => resume(s, ty),
-        2 | 3 => {
-            s.unimplemented("proxy_continue_stream(DOWNSTREAM/UPSTREAM)");
-            Status::Unimplemented
-        }
-        _ => Status::BadArgument,
-    })
+    Ok(resume(s, ty))
 }
 
 fn continue_request(c: &mut Caller<'_, HostState>) -> Result<Status> {
@@ -77,14 +80,14 @@ fn close_stream(c: &mut Caller<'_, HostState>, ty: u32) -> Result<Status> {
     if ty > 3 {
         return Ok(Status::BadArgument);
     }
-    if ty > 1 {
-        s.unimplemented("proxy_close_stream(DOWNSTREAM/UPSTREAM)");
-        return Ok(Status::Unimplemented);
-    }
     let Some(st) = s.stream_mut() else {
         return Ok(Status::NotFound);
     };
-    st.reset = true;
+    match ty {
+        0 | 1 => st.reset = true,
+        2 => st.downstream_closed = true,
+        _ => st.upstream_closed = true,
+    }
     Ok(Status::Ok)
 }
 
