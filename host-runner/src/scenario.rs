@@ -27,6 +27,8 @@ use crate::abi::Action;
 use crate::error::{Error, Result};
 use crate::harness::{FailurePolicy, Harness, TraceEvent};
 use crate::host::Compiled;
+use crate::plugin::GrpcEvent;
+use crate::state::HeaderMap;
 
 /// A whole scenario file.
 #[derive(Debug, Clone, Deserialize)]
@@ -79,6 +81,8 @@ pub enum Step {
     RespondHttp(HttpReply),
     /// Fail the N-th HTTP callout (as a reset).
     FailHttp(CalloutRef),
+    /// Answer the N-th gRPC call or stream (1-based, in opening order).
+    RespondGrpc(GrpcReply),
     /// Check expectations now.
     Expect(Box<Expect>),
 }
@@ -149,6 +153,30 @@ fn ok_status() -> u16 {
     200
 }
 
+/// An answer to a gRPC callout, delivered in this order: initial metadata, messages,
+/// trailing metadata, close.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcReply {
+    /// 1-based opening index. Required.
+    pub call: usize,
+    /// Initial metadata. Default: not sent.
+    #[serde(default)]
+    pub initial_metadata: Option<Value>,
+    /// Response messages. Default: none.
+    #[serde(default)]
+    pub messages: Vec<String>,
+    /// Trailing metadata. Default: not sent.
+    #[serde(default)]
+    pub trailing_metadata: Option<Value>,
+    /// gRPC status of the close; `null` leaves the call open. Default: 0.
+    #[serde(default, deserialize_with = "some")]
+    pub status: Option<Option<u32>>,
+    /// Status message. Default: empty.
+    #[serde(default)]
+    pub message: String,
+}
+
 /// Expectations; each given field is checked.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -177,6 +205,9 @@ pub struct Expect {
     /// HTTP callouts dispatched so far (exactly this many, each matching).
     #[serde(default)]
     pub http_calls: Option<Vec<CallMatch>>,
+    /// gRPC calls and streams opened so far.
+    #[serde(default)]
+    pub grpc_calls: Option<usize>,
     /// Shared data values.
     #[serde(default)]
     pub shared_data: BTreeMap<String, String>,
@@ -364,6 +395,37 @@ impl Run {
                 let token = callout(h, c.call)?;
                 h.fail_http(token)
             }
+            Step::RespondGrpc(r) => {
+                let token = r
+                    .call
+                    .checked_sub(1)
+                    .and_then(|i| h.grpc_calls().get(i))
+                    .map(|c| c.token)
+                    .ok_or_else(|| {
+                        Error::Invalid(format!("there is no grpc callout number {}", r.call))
+                    })?;
+                let mut events = Vec::new();
+                if let Some(m) = &r.initial_metadata {
+                    events.push(GrpcEvent::InitialMetadata(HeaderMap::from_pairs(&pairs(
+                        Some(m),
+                    )?)));
+                }
+                for m in &r.messages {
+                    events.push(GrpcEvent::Message(m.clone().into_bytes()));
+                }
+                if let Some(m) = &r.trailing_metadata {
+                    events.push(GrpcEvent::TrailingMetadata(HeaderMap::from_pairs(&pairs(
+                        Some(m),
+                    )?)));
+                }
+                if let Some(status) = r.status.unwrap_or(Some(0)) {
+                    events.push(GrpcEvent::Close {
+                        status,
+                        message: r.message.clone(),
+                    });
+                }
+                h.respond_grpc(token, events)
+            }
             Step::Expect(e) => {
                 self.check(h, &format!("step {n}"), e);
                 Ok(())
@@ -488,6 +550,10 @@ impl Run {
                     ));
                 }
             }
+        }
+        if let Some(want) = e.grpc_calls {
+            let got = h.grpc_calls().len();
+            results.push((format!("{want} grpc callouts (got {got})"), got == want));
         }
         for (k, want) in &e.shared_data {
             let got = h

@@ -86,3 +86,59 @@ fn a_scenario_trace_matches_its_snapshot() {
     "#]]
     .assert_eq(&out.render());
 }
+
+/// Opens a gRPC call on each request and echoes what the reply brought into logs.
+fn grpc_guest() -> Guest {
+    let mut g = Guest::new();
+    let cluster = g.s(b"backend");
+    let service = g.s(b"pkg.Svc");
+    let method = g.s(b"Get");
+    let md = g.map(&[]);
+    let msg = g.s(b"q");
+    let got_message = g.s(b"grpc message");
+    let closed = g.s(b"grpc closed");
+    g.func(VM_START)
+        .func(&format!(
+            r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+            (drop (call $grpc_call {cluster} {service} {method} {md} {msg} (i32.const 1000) (i32.const {RET})))
+            (i32.const 0))"#
+        ))
+        .func(&format!(
+            r#"(func (export "proxy_on_grpc_receive") (param i32 i32 i32)
+            (call $rec (local.get 2))
+            (drop (call $log (i32.const 2) {got_message})))"#
+        ))
+        .func(&format!(
+            r#"(func (export "proxy_on_grpc_close") (param i32 i32 i32)
+            (call $rec (local.get 2))
+            (drop (call $log (i32.const 2) {closed})))"#
+        ))
+}
+
+#[test]
+fn grpc_replies_in_a_scenario_reach_the_plugin() {
+    let text = r#"
+clusters: [backend]
+steps:
+  - request:
+      headers: {":path": /}
+  - expect: {grpc_calls: 1}
+  - respond_grpc: {call: 1, initial_metadata: {a: b}, messages: [abc, de], status: 7, message: denied}
+  - expect:
+      logs: [grpc message, grpc closed]
+      histogram_counts: {probe: 3}
+"#;
+    let compiled = grpc_guest().compile(wasm::host());
+    let out = Scenario::from_yaml(text, "inline")
+        .expect("parses")
+        .run(&compiled)
+        .expect("runs");
+    assert!(out.passed(), "{}", out.render());
+    assert_eq!(out.checks, 4);
+    let wrong = text.replace("grpc_calls: 1", "grpc_calls: 2");
+    let out = Scenario::from_yaml(&wrong, "inline")
+        .expect("parses")
+        .run(&compiled)
+        .expect("runs");
+    assert_eq!(out.failures.len(), 1, "{}", out.render());
+}
