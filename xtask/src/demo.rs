@@ -51,8 +51,8 @@ pub fn build(root: &Path) -> Result<run::Programs> {
     run::programs(root)
 }
 
-/// `cargo xtask demo`.
-pub fn demo(root: &Path, opts: &Options) -> Result<()> {
+/// `cargo xtask demo`: returns the run's summary.
+pub fn demo(root: &Path, opts: &Options) -> Result<Summary> {
     crate::setup::setup(root)?;
     let programs = build(root)?;
     let s = scenario::find(&root.join("examples/scenarios"), &opts.scenario)
@@ -94,7 +94,7 @@ pub fn demo(root: &Path, opts: &Options) -> Result<()> {
         html_path.display(),
         json_path.display()
     );
-    Ok(())
+    Ok(summary)
 }
 
 /// Writes PATH.json and PATH.html; returns both paths.

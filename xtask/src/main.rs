@@ -53,7 +53,7 @@ fn main() -> Result<()> {
         Task::Setup => setup::setup(&root).map(drop),
         Task::Test { test_args } => test::test(&root, &test_args),
         Task::Bench { name } => bench::run(&root, &name),
-        Task::Demo(opts) => demo::demo(&root, &opts),
+        Task::Demo(opts) => demo::demo(&root, &opts).map(drop),
         Task::Eval { name } => eval::run(&root, &name),
     }
 }

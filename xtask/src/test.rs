@@ -77,6 +77,24 @@ pub fn test(root: &Path, test_args: &[OsString]) -> Result<()> {
                 .args(["bench", "--workspace", "--no-run"]),
         )
     })?;
+    // The README's first command, end to end: a whole scenario through real Envoys, the
+    // control plane and local groups. Its prediction's timing is the migration bench's to
+    // judge; here it must run to the end, migrate, fail no request in transit and write its
+    // report.
+    if test_args.is_empty() {
+        steps.run("demo (creeping-degradation, headless)", || {
+            let opts = crate::demo::Options {
+                scenario: "creeping-degradation".into(),
+                headless: true,
+                report: Some(root.join("target/demo/ci-creeping-degradation")),
+                policy: crate::demo::Policy::Predictive,
+            };
+            let s = crate::demo::demo(root, &opts)?;
+            check_demo(&s)
+        })?;
+    } else {
+        println!("==> demo: not run, because a test filter was given");
+    }
     steps.summary();
     // One closing line for every test binary together: cargo's own last line is the result
     // of whichever binary ran last (often a doc-test run with nothing in it).
@@ -115,6 +133,26 @@ impl Totals {
             }
         }
     }
+}
+
+/// What a demo run must show whatever its timing.
+fn check_demo(s: &crate::demo::Summary) -> Result<()> {
+    if s.migrations == 0 {
+        bail!("the demo's degrading primary was never migrated from: {s:?}");
+    }
+    if s.cutover_s.is_none() {
+        bail!("the demo's migration never reached the cutover: {s:?}");
+    }
+    if s.failed_in_transit > 0 {
+        bail!(
+            "{} requests failed without an upstream's answer during the demo: {s:?}",
+            s.failed_in_transit
+        );
+    }
+    if s.requests < 1000 {
+        bail!("the demo's load sent only {} requests: {s:?}", s.requests);
+    }
+    Ok(())
 }
 
 fn check_wasm_size(wasm: &Path) -> Result<()> {

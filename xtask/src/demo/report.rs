@@ -41,6 +41,15 @@ impl Plot {
         } else {
             1.0
         };
+        // Four gridlines at a round step: 1, 2, 2.5 or 5 times a power of ten.
+        let raw = y_max / 4.0;
+        let pow = 10f64.powf(raw.log10().floor());
+        let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+            .into_iter()
+            .map(|m| m * pow)
+            .find(|s| *s >= raw)
+            .unwrap_or(10.0 * pow);
+        let y_max = step * 4.0;
         let mut p = Plot {
             x0,
             x1: if x1 > x0 { x1 } else { x0 + 1.0 },

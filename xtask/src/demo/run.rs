@@ -272,7 +272,7 @@ services:
         min_requests: 30
       model:
         warmup: 20
-        window: 120
+        window: 600
         refit_every: 5
         validation_blocks: 1
         max_horizon: {horizon}
@@ -280,6 +280,7 @@ services:
         calibration_window: 200
         daily_harmonics: 0
         weekly_harmonics: 0
+        candidates: [holt_winters]
       tick_ms: 250
 ",
         wasm = yaml(&p.wasm.display().to_string()),
