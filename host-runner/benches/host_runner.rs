@@ -15,10 +15,12 @@ const CONFIG: &str =
     r#"{"groups": [{"name": "blue", "weight": 1}, {"name": "green", "weight": 1}]}"#;
 
 fn wasm(env: &str, stem: &str, package: &str) -> Vec<u8> {
-    let path = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join(format!("../target/wasm32-wasip1/wasm/{stem}.wasm"))
-    });
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = std::env::var_os(env)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target.join(format!("wasm32-wasip1/wasm/{stem}.wasm")));
     std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
             "{}: {e}; run `cargo build -p {package} --target wasm32-wasip1 --profile wasm`",

@@ -35,9 +35,13 @@ pub fn filter_path() -> PathBuf {
 
 fn locate_path(env: &str, package: &str, stem: &str) -> PathBuf {
     let command = format!("cargo build -p {package} --target wasm32-wasip1 --profile wasm");
+    // The nested build writes where this cargo does.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
     let path = std::env::var_os(env)
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(format!("target/wasm32-wasip1/wasm/{stem}.wasm")));
+        .unwrap_or_else(|| target.join(format!("wasm32-wasip1/wasm/{stem}.wasm")));
     if !path.exists() && std::env::var_os(env).is_none() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
