@@ -515,8 +515,15 @@ impl Harness {
     }
 
     /// Request headers arrive from downstream (on a new stream unless one is current).
+    /// A stream the failure policy already answered (the plugin is down, fail closed) stops
+    /// here: `Pause`, with the 503 in [`Harness::local_response`].
     pub fn request_headers(&mut self, headers: &[(&str, &str)], eos: bool) -> Result<Action> {
-        self.open_stream()?;
+        let id = self.open_stream()?;
+        if self.plugin()?.stream(id).is_some_and(|s| s.local_sent) {
+            let map = HeaderMap::from_pairs(headers);
+            self.plugin_mut()?.stream_mut(id)?.request_headers = Some(map);
+            return Ok(Action::Pause);
+        }
         let id = self.live_stream()?;
         let map = HeaderMap::from_pairs(headers);
         let n = map.len() as u32;

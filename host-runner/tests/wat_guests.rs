@@ -532,8 +532,8 @@ fn fail_closed_answers_503_now_and_later() -> Result<()> {
     );
     h.end_stream()?;
     assert_eq!(
-        h.request_headers(&[(":path", "/fine")], true).ok(),
-        None,
+        h.request_headers(&[(":path", "/fine")], true)?,
+        Action::Pause,
         "the stream is already answered"
     );
     assert_eq!(h.local_response().map(|l| l.status), Some(503));
@@ -573,7 +573,7 @@ fn reload_starts_a_fresh_instance_after_the_backoff() -> Result<()> {
     assert_eq!(h.local_response().map(|l| l.status), Some(503));
     h.end_stream()?;
     // Within the backoff: still failed closed.
-    h.request_headers(&[(":path", "/")], true).ok();
+    assert_eq!(h.request_headers(&[(":path", "/")], true)?, Action::Pause);
     assert_eq!(h.local_response().map(|l| l.status), Some(503));
     assert_eq!(h.reloads(), 0);
     h.end_stream()?;
