@@ -54,7 +54,11 @@ pub fn test(root: &Path, test_args: &[OsString]) -> Result<()> {
         ]))
     })?;
     steps.run("build filter wasm", || {
-        cmd::build_wasm(root, &["shadowplane-filter"])?;
+        // The empty filter is a guest of host-runner's tests as well as the overhead bench.
+        cmd::build_wasm(
+            root,
+            &["shadowplane-filter", "shadowplane-example-empty-filter"],
+        )?;
         check_wasm_size(&wasm)
     })?;
     let mut totals = Totals::default();
