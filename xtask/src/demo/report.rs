@@ -341,7 +341,7 @@ pub fn html(o: &Outcome, s: &Summary) -> String {
         ),
         (
             &format!(
-                "SLO-violating requests (failed or over {} ms)",
+                "SLO-violating requests (answered in over {} ms)",
                 sc.slo.p99_ms
             ),
             s.slo_violating.to_string(),
