@@ -44,9 +44,11 @@ const FAILED_SHARE: f64 = 0.5;
 const FAILED_MIN: u64 = 10;
 /// The error-rate forecaster is fed the rate over the newest windows that hold at least this
 /// many requests together (at most [`ERROR_POOL_WINDOWS`] of them): at 40 requests a window,
-/// one failed request is a 2.5% "error rate", which would trip any SLO by chance.
-const ERROR_POOL_REQUESTS: u64 = 500;
-const ERROR_POOL_WINDOWS: usize = 30;
+/// one failed request is a 2.5% "error rate", which would trip any SLO by chance. 2,000
+/// requests put a service failing 0.4% (8 expected) 3.5 standard deviations below a 1% SLO
+/// (20); with 500 (2 expected, 5 at the SLO) a noisy but normal service crossed it by chance.
+const ERROR_POOL_REQUESTS: u64 = 2000;
+const ERROR_POOL_WINDOWS: usize = 60;
 /// Likewise the latency models are fed the p99 of the newest windows that hold at least this
 /// many requests together (their sketches merge exactly), at most [`LATENCY_POOL_WINDOWS`]:
 /// the p99 of 40 requests is their second slowest, noise that hides a slow trend.
@@ -1355,17 +1357,17 @@ mod tests {
     #[test]
     fn the_error_rate_is_pooled_over_enough_requests() {
         let mut pool = VecDeque::new();
-        // 40 requests a window, one failure now and then: about 0.1%, not 2.5%.
+        // 200 requests a window, one failure every tenth window: 0.05%, not 0.5%.
         let mut rates = Vec::new();
-        for i in 0..40 {
-            rates.push(pooled_error_rate(&mut pool, 40, u64::from(i % 10 == 0)));
+        for i in 0..60 {
+            rates.push(pooled_error_rate(&mut pool, 200, u64::from(i % 10 == 0)));
         }
-        assert!(rates[0] == 1.0 / 40.0, "{rates:?}");
+        assert!(rates[0] == 1.0 / 200.0, "{rates:?}");
         let last = *rates.last().unwrap();
-        // The newest 13 windows (520 requests) hold one failure.
-        assert!((last - 1.0 / 520.0).abs() < 1e-12, "{last}");
+        // The newest 10 windows (2,000 requests) hold one failure.
+        assert!((last - 1.0 / 2000.0).abs() < 1e-12, "{last}");
         // Enough requests in one window: that window alone.
-        assert_eq!(pooled_error_rate(&mut pool, 1000, 50), 0.05);
+        assert_eq!(pooled_error_rate(&mut pool, 4000, 200), 0.05);
     }
 
     #[test]
