@@ -1490,9 +1490,9 @@ load:
     fn the_request_plan_follows_the_rate_and_is_reproducible() {
         let s = find(&shipped_dir(), "creeping-degradation").unwrap();
         let plan: Vec<PlannedRequest> = s.requests().collect();
-        // 40 per second for 180 s: 7200, give or take a few standard deviations (85).
+        // 100 per second for 180 s: 18000, give or take a few standard deviations (134).
         assert!(
-            (6900..7500).contains(&plan.len()),
+            (17_500..18_500).contains(&plan.len()),
             "{} requests",
             plan.len()
         );
