@@ -37,3 +37,20 @@ pub fn run(root: &Path, name: &str) -> Result<()> {
     fs::create_dir_all(&out).with_context(|| format!("could not create {}", out.display()))?;
     bench(root)
 }
+
+/// Criterion's estimates of `bench` from its last run, with the file they came from
+/// (target/criterion/BENCH/new/estimates.json).
+fn criterion_estimates(
+    root: &Path,
+    bench: &str,
+) -> Result<(std::path::PathBuf, serde_json::Value)> {
+    let path = root
+        .join("target/criterion")
+        .join(bench)
+        .join("new/estimates.json");
+    let v = serde_json::from_str(
+        &fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", path.display()))?;
+    Ok((path, v))
+}

@@ -79,15 +79,7 @@ pub fn run(root: &Path) -> Result<()> {
     let after = loadavg();
     let mut figures = Vec::new();
     for (bench, target, what) in BENCHES {
-        let path = root
-            .join("target/criterion")
-            .join(bench)
-            .join("new/estimates.json");
-        let v: Value = serde_json::from_str(
-            &fs::read_to_string(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?,
-        )
-        .with_context(|| format!("{} is not JSON", path.display()))?;
+        let (path, v) = super::criterion_estimates(root, bench)?;
         let mean = &v["mean"];
         let num = |p: &Value| {
             p.as_f64()

@@ -450,6 +450,11 @@ pub async fn run(
     let started = Instant::now();
     let epoch_instant = started - Duration::from_millis(now_unix_ms().saturating_sub(epoch));
     let clock = move || s.start_s + epoch_instant.elapsed().as_secs_f64() * s.time_scale;
+    // An event's wall time (`at_ms`) on the scenario clock.
+    let scenario_time = |e: &Value| {
+        let at = e["at_ms"].as_u64().unwrap_or(0) as f64;
+        round(s.start_s + (at - epoch as f64) / 1000.0 * s.time_scale)
+    };
 
     let requests: Arc<Mutex<Vec<Request>>> = Arc::default();
     let load = tokio::spawn(load(
@@ -509,10 +514,7 @@ pub async fn run(
         for mut e in fresh {
             since = since.max(e["seq"].as_u64().unwrap_or(0));
             if e["event"] == "lifecycle" {
-                let at = e["at_ms"].as_u64().unwrap_or(0);
-                e["t_s"] = json!(round(
-                    s.start_s + (at as f64 - epoch as f64) / 1000.0 * s.time_scale
-                ));
+                e["t_s"] = json!(scenario_time(&e));
                 events.push(e);
             }
         }
@@ -558,10 +560,7 @@ pub async fn run(
     // The last events.
     for mut e in stack.cp.events(since).await.unwrap_or_default() {
         if e["event"] == "lifecycle" {
-            let at = e["at_ms"].as_u64().unwrap_or(0);
-            e["t_s"] = json!(round(
-                s.start_s + (at as f64 - epoch as f64) / 1000.0 * s.time_scale
-            ));
+            e["t_s"] = json!(scenario_time(&e));
             events.push(e);
         }
     }
