@@ -177,8 +177,9 @@ pub struct LifecycleSection {
     /// `compare::ComparePolicy`.
     #[serde(default)]
     pub compare: Option<ComparePolicy>,
-    /// The forecasters' parameters, in telemetry windows. Default: the model's defaults, and
-    /// `bound_horizon` is always on (the trigger reads multi-step intervals).
+    /// The forecasters' parameters, in telemetry windows. Default: the model's defaults, except
+    /// that `bound_horizon` is always on and `select_horizon` defaults to the trigger's
+    /// horizon (the trigger reads multi-step intervals).
     #[serde(default)]
     pub model: Option<shadowplane_model::ForecasterParams>,
     /// How often the engine looks at the service, milliseconds. Default: 1000.
@@ -888,15 +889,25 @@ fn check_lifecycle(service: &str, l: LifecycleSection) -> Result<Managed, CheckE
     }
     let compare = l.compare.unwrap_or_default();
     compare.check().map_err(|m| at(&[Key("compare")], m))?;
-    // The trigger reads intervals up to its horizon: multi-step forecasts stay bounded.
+    // The trigger reads intervals up to its horizon: multi-step forecasts stay bounded, and
+    // the model is chosen on its errors over that horizon unless the config says otherwise.
+    let model = l.model.unwrap_or_default();
+    let select_horizon = model.select_horizon.or(Some(
+        trigger.get().horizon.clamp(1, model.max_horizon.max(1)),
+    ));
     let model = shadowplane_model::ForecasterParams {
         bound_horizon: true,
-        ..l.model.unwrap_or_default()
+        select_horizon,
+        ..model
     }
     .check()
     .map_err(|e| at(&[Key("model")], e.to_string()))?;
+    // The anomaly detector scores one-step residuals: its model is chosen one step ahead.
     let detector = shadowplane_model::DetectorParams {
-        forecaster: model.get().clone(),
+        forecaster: shadowplane_model::ForecasterParams {
+            select_horizon: None,
+            ..model.get().clone()
+        },
         ..Default::default()
     }
     .check()

@@ -3,9 +3,9 @@
 //! A [`Forecaster`] runs every candidate model side by side: seasonal-naive over a day, naive
 //! (the last value), Holt-Winters and a regression on lags, seasonal terms and exogenous system
 //! metrics. Every `refit_every` points it refits them on the newest `window` points; that
-//! instant is a *rolling origin*: the one-step errors of each model over the following block
-//! are out-of-sample, and the model with the lowest mean absolute error over the last
-//! `validation_blocks` blocks is the one used. Each model's out-of-sample errors at every
+//! instant is a *rolling origin*: the errors of each model over the following block are
+//! out-of-sample, and the model with the lowest mean absolute error (one step ahead, or over
+//! horizons 1 to `select_horizon`) over the last `validation_blocks` blocks is the one used. Each model's out-of-sample errors at every
 //! horizon also calibrate its intervals: the half-width at confidence `c` is the `c` quantile
 //! of its recent absolute errors at that horizon, so the interval's coverage is measured, not
 //! assumed from a distribution.
@@ -90,6 +90,13 @@ pub struct ForecasterParams {
     /// interval at that horizon: for a consumer of multi-step intervals (the migration
     /// trigger) this matters; one-step scoring does not read them. Default false.
     pub bound_horizon: bool,
+    /// Horizons the choice of model is scored on: a candidate's validation error is its mean
+    /// absolute error over horizons 1 to `select_horizon`. One step suits one-step scoring
+    /// (the anomaly detector); a consumer of multi-step forecasts (the migration trigger)
+    /// wants the model that is right over its horizon: on a slow ramp the last value is a
+    /// good next point but a poor forecast twelve points out. 1 to `max_horizon`. Default
+    /// (`None`): 1.
+    pub select_horizon: Option<usize>,
 }
 
 impl Default for ForecasterParams {
@@ -113,6 +120,7 @@ impl Default for ForecasterParams {
                 ModelKind::Regression,
             ],
             bound_horizon: false,
+            select_horizon: None,
         }
     }
 }
@@ -136,6 +144,11 @@ impl ForecasterParams {
         ensure((1..=1000).contains(&p.max_horizon), "max_horizon", || {
             format!("must be 1 to 1000, got {}", p.max_horizon)
         })?;
+        if let Some(h) = p.select_horizon {
+            ensure((1..=p.max_horizon).contains(&h), "select_horizon", || {
+                format!("must be 1 to max_horizon ({}), got {h}", p.max_horizon)
+            })?;
+        }
         ensure(p.min_calibration >= 1, "min_calibration", || {
             "must be at least 1".into()
         })?;
@@ -253,7 +266,8 @@ struct Candidate {
     longer: Vec<VecDeque<f64>>,
     block_error: f64,
     block_points: usize,
-    /// Mean absolute one-step error of each finished validation block, newest last.
+    /// Mean absolute error (over horizons 1 to `select_horizon`) of each finished validation
+    /// block, newest last.
     blocks: VecDeque<f64>,
 }
 
@@ -458,8 +472,8 @@ impl Forecaster {
         self.params.get()
     }
 
-    /// Mean absolute one-step error of each candidate over its recent validation blocks, in
-    /// candidate order (`None` before its first block).
+    /// Mean absolute error (horizons 1 to `select_horizon`) of each candidate over its recent
+    /// validation blocks, in candidate order (`None` before its first block).
     pub fn validation(&self) -> Vec<(ModelKind, Option<f64>)> {
         let b = self.params.get().validation_blocks;
         self.candidates
@@ -602,15 +616,18 @@ impl Forecaster {
     /// model take it in.
     fn observe(&mut self, end: usize) {
         let y = self.values[end - 1];
+        let select = self.params.0.select_horizon.unwrap_or(1);
         for c in &mut self.candidates {
             if c.ok {
                 let n = c.issued.len();
                 for h in 1..=n {
                     let e = (y - c.issued[n - h][h - 1]).abs();
-                    if h == 1 {
-                        c.one_step.push(e);
+                    if h <= select {
                         c.block_error += e;
                         c.block_points += 1;
+                    }
+                    if h == 1 {
+                        c.one_step.push(e);
                     } else {
                         let ring = &mut c.longer[h - 2];
                         if ring.len() == self.params.0.calibration_window {
@@ -911,6 +928,49 @@ mod tests {
         let err = |k| errors.iter().find(|(m, _)| *m == k).unwrap().1.unwrap();
         assert!(err(chosen) <= err(ModelKind::Naive));
         assert!(err(chosen) <= err(ModelKind::SeasonalNaive));
+    }
+
+    #[test]
+    fn select_horizon_scores_the_models_over_the_horizon_the_consumer_reads() {
+        // A staircase ramp, like a p99 pooled over a few windows while latency creeps up:
+        // flat for six points, then up by 9. The last value is right five points in six, so
+        // one step ahead the naive model wins; twelve points out only a trend is near.
+        let n = 240;
+        let times: Vec<Time> = (0..n as Time).map(|i| 1_400_000_000 + i * 60).collect();
+        let values: Vec<f64> = (0..n).map(|i| 10.0 + 9.0 * (i / 6) as f64).collect();
+        let run = |select_horizon: Option<usize>| {
+            let p = ForecasterParams {
+                warmup: 30,
+                refit_every: 12,
+                validation_blocks: 2,
+                daily_harmonics: 0,
+                weekly_harmonics: 0,
+                candidates: vec![ModelKind::Naive, ModelKind::HoltWinters],
+                select_horizon,
+                ..ForecasterParams::default()
+            };
+            Forecaster::fit(p.check().unwrap(), 0, &times, &values, &[]).unwrap()
+        };
+        let one_step = run(None);
+        assert_eq!(
+            one_step.selected(),
+            Some(ModelKind::Naive),
+            "{:?}",
+            one_step.validation()
+        );
+        let over_twelve = run(Some(12));
+        assert_eq!(
+            over_twelve.selected(),
+            Some(ModelKind::HoltWinters),
+            "{:?}",
+            over_twelve.validation()
+        );
+        let bad = ForecasterParams {
+            select_horizon: Some(13),
+            ..ForecasterParams::default()
+        };
+        let e = bad.check().unwrap_err().to_string();
+        assert!(e.contains("select_horizon"), "{e}");
     }
 
     #[test]
