@@ -137,6 +137,8 @@ struct Models {
     upstream_stored_ms: u64,
     /// (requests, failed) of the newest filter windows, newest last, for the pooled error rate.
     error_pool: VecDeque<(u64, u64)>,
+    /// The (failed, requests) behind the error model's newest point.
+    error_counts: Option<(u64, u64)>,
     /// Latency sketches of the newest filter windows, newest last, for the pooled p99.
     latency_pool: VecDeque<shadowplane_wire::LatencySketch>,
 }
@@ -161,9 +163,14 @@ fn pooled_p99_ms(
     merged.quantile(0.99).map(|us| us / 1000.0)
 }
 
-/// Adds a window (requests, failed) to `pool` and returns the pooled error rate: failed over
-/// requests of the newest windows that reach [`ERROR_POOL_REQUESTS`] together.
-fn pooled_error_rate(pool: &mut VecDeque<(u64, u64)>, requests: u64, failed: u64) -> f64 {
+/// Adds a window (requests, failed) to `pool` and returns the pooled error rate, failed over
+/// requests of the newest windows that reach [`ERROR_POOL_REQUESTS`] together, with those
+/// counts (failed, requests).
+fn pooled_error_rate(
+    pool: &mut VecDeque<(u64, u64)>,
+    requests: u64,
+    failed: u64,
+) -> (f64, (u64, u64)) {
     pool.push_back((requests, failed));
     while pool.len() > ERROR_POOL_WINDOWS {
         pool.pop_front();
@@ -176,7 +183,8 @@ fn pooled_error_rate(pool: &mut VecDeque<(u64, u64)>, requests: u64, failed: u64
             break;
         }
     }
-    if rq == 0 { 0.0 } else { bad as f64 / rq as f64 }
+    let rate = if rq == 0 { 0.0 } else { bad as f64 / rq as f64 };
+    (rate, (bad, rq))
 }
 
 impl Models {
@@ -193,6 +201,7 @@ impl Models {
             sys_stored_ms: 0,
             upstream_stored_ms: 0,
             error_pool: VecDeque::new(),
+            error_counts: None,
             latency_pool: VecDeque::new(),
         }
     }
@@ -839,8 +848,11 @@ impl Engine {
                 // windows (the requests clients got answers from).
                 if let Some(stats) = w.stats {
                     let failed = stats.responses_5xx + stats.no_response;
-                    let pooled = pooled_error_rate(&mut models.error_pool, stats.requests, failed);
-                    let _ = models.errors.update(time, pooled, &[]);
+                    let (pooled, counts) =
+                        pooled_error_rate(&mut models.error_pool, stats.requests, failed);
+                    if models.errors.update(time, pooled, &[]).is_ok() {
+                        models.error_counts = Some(counts);
+                    }
                     if let (Some(cost), Some((kind, count))) =
                         (models.cost.as_mut(), fleet.as_ref())
                     {
@@ -918,6 +930,7 @@ impl Engine {
                         p99_ms: models.latency.forecaster(),
                         error_rate: &models.errors,
                         cost_per_hour: models.cost.as_ref().map(CostModel::per_hour),
+                        error_counts: models.error_counts,
                     };
                     let forecast = forecast_json(models, m);
                     match models.trigger.check(time, &group) {
@@ -1360,14 +1373,14 @@ mod tests {
         // 200 requests a window, one failure every tenth window: 0.05%, not 0.5%.
         let mut rates = Vec::new();
         for i in 0..60 {
-            rates.push(pooled_error_rate(&mut pool, 200, u64::from(i % 10 == 0)));
+            rates.push(pooled_error_rate(&mut pool, 200, u64::from(i % 10 == 0)).0);
         }
         assert!(rates[0] == 1.0 / 200.0, "{rates:?}");
         let last = *rates.last().unwrap();
         // The newest 10 windows (2,000 requests) hold one failure.
         assert!((last - 1.0 / 2000.0).abs() < 1e-12, "{last}");
         // Enough requests in one window: that window alone.
-        assert_eq!(pooled_error_rate(&mut pool, 4000, 200), 0.05);
+        assert_eq!(pooled_error_rate(&mut pool, 4000, 200), (0.05, (200, 4000)));
     }
 
     #[test]

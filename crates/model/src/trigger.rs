@@ -4,8 +4,11 @@
 //!
 //! A metric *risks* its limit at a level when the probability that it exceeds the level, now
 //! or at any horizon up to the policy's, reaches the policy's confidence. The probability comes
-//! from the forecaster's calibrated 95% interval read as a normal spread; the point just seen
-//! counts as certain. Staying turns into Migrate when some metric risks `enter x limit`;
+//! from the forecaster's calibrated 95% interval read as a normal spread. The point just seen
+//! counts as certain, except an error rate given with its counts: a rate measured on `n`
+//! requests is an estimate, and the probability that the true rate is above a level is read
+//! from the binomial spread at that level (normal approximation), so 19 failures in 2,000
+//! requests against a 0.9% level is a coin flip, not a certainty. Staying turns into Migrate when some metric risks `enter x limit`;
 //! Migrate turns back into Stay only when no metric has even a `1 - confidence` chance of
 //! exceeding `exit x limit`; and neither happens within `min_dwell_secs` of the last change.
 
@@ -116,6 +119,9 @@ pub struct GroupForecasts<'a> {
     pub error_rate: &'a Forecaster,
     /// Cost per hour, when the policy has a budget.
     pub cost_per_hour: Option<&'a Forecaster>,
+    /// The failed and total requests the error rate's newest point was measured on, when
+    /// known: the point is then weighed as the estimate it is.
+    pub error_counts: Option<(u64, u64)>,
 }
 
 /// The metric a decision is about.
@@ -205,11 +211,17 @@ impl Trigger {
     pub fn check(&mut self, now: Time, group: &GroupForecasts<'_>) -> Result<Decision> {
         let p = self.policy.get().clone();
         let mut risks = vec![
-            risk(Metric::P99Latency, group.p99_ms, p.slo_p99_ms, &p)?,
-            risk(Metric::ErrorRate, group.error_rate, p.slo_error_rate, &p)?,
+            risk(Metric::P99Latency, group.p99_ms, p.slo_p99_ms, None, &p)?,
+            risk(
+                Metric::ErrorRate,
+                group.error_rate,
+                p.slo_error_rate,
+                group.error_counts,
+                &p,
+            )?,
         ];
         if let (Some(f), Some(budget)) = (group.cost_per_hour, p.cost_budget_per_hour) {
-            risks.push(risk(Metric::Cost, f, budget, &p)?);
+            risks.push(risk(Metric::Cost, f, budget, None, &p)?);
         }
         let worst = risks
             .iter()
@@ -323,8 +335,14 @@ impl Trigger {
 }
 
 /// The probabilities of `f`'s metric exceeding `enter x limit` and `exit x limit`, now or
-/// within the horizon.
-fn risk(metric: Metric, f: &Forecaster, limit: f64, p: &Policy) -> Result<Risk> {
+/// within the horizon. `counts` (failed, requests) qualify the newest point of a rate.
+fn risk(
+    metric: Metric,
+    f: &Forecaster,
+    limit: f64,
+    counts: Option<(u64, u64)>,
+    p: &Policy,
+) -> Result<Risk> {
     let (enter_level, exit_level) = (p.enter * limit, p.exit * limit);
     let mut r = Risk {
         metric,
@@ -337,13 +355,13 @@ fn risk(metric: Metric, f: &Forecaster, limit: f64, p: &Policy) -> Result<Risk> 
     };
     if let Some((t, v)) = f.last() {
         r.peak = v;
-        if v >= enter_level {
-            r.enter = 1.0;
-        }
-        if v >= exit_level {
-            r.exit = 1.0;
-        }
-        if v >= limit {
+        let now = |level: f64| match counts {
+            Some((_, n)) if n > 0 => rate_above(v, n, level),
+            _ => f64::from(u8::from(v >= level)),
+        };
+        r.enter = now(enter_level);
+        r.exit = now(exit_level);
+        if now(limit) >= p.confidence {
             r.breach_at = Some(t);
         }
     }
@@ -372,6 +390,19 @@ fn risk(metric: Metric, f: &Forecaster, limit: f64, p: &Policy) -> Result<Risk> 
         }
     }
     Ok(r)
+}
+
+/// The probability that a rate measured as `observed` on `n` trials is truly above `level`:
+/// the observed rate's distance from the level in binomial standard deviations at the level.
+fn rate_above(observed: f64, n: u64, level: f64) -> f64 {
+    if level <= 0.0 {
+        return f64::from(u8::from(observed > 0.0));
+    }
+    if level >= 1.0 {
+        return 0.0;
+    }
+    let sd = (level * (1.0 - level) / n as f64).sqrt();
+    normal_cdf((observed - level) / sd)
 }
 
 #[cfg(test)]
@@ -424,9 +455,57 @@ mod tests {
                 p99_ms: &self.p99,
                 error_rate: &self.errors,
                 cost_per_hour: None,
+                error_counts: None,
             };
             trigger.check(self.t - 60, &g).unwrap()
         }
+    }
+
+    #[test]
+    fn an_error_rate_near_its_level_on_few_requests_is_weighed_not_believed() {
+        let policy = Policy {
+            enter: 0.9,
+            exit: 0.7,
+            slo_error_rate: 0.01,
+            ..Policy::default()
+        };
+        let mut g = Group::new();
+        for i in 0..200 {
+            g.push(100.0 + 10.0 * noise(i));
+        }
+        // A steady 0.5% error rate whose newest pooled point came out at 0.95%.
+        let mut errors = forecaster();
+        for i in 0..200 {
+            let v = if i == 199 {
+                0.0095
+            } else {
+                0.005 + 0.001 * noise(i)
+            };
+            errors.update(i as Time * 60, v, &[]).unwrap();
+        }
+        let decide = |counts: Option<(u64, u64)>| {
+            let mut trigger = Trigger::new(policy.clone().check().unwrap());
+            let d = trigger
+                .check(
+                    199 * 60,
+                    &GroupForecasts {
+                        p99_ms: &g.p99,
+                        error_rate: &errors,
+                        cost_per_hour: None,
+                        error_counts: counts,
+                    },
+                )
+                .unwrap();
+            (d.action, d.severity)
+        };
+        // Without counts the point is taken as certain (0.95% >= 0.9%).
+        assert_eq!(decide(None).0, Action::Migrate);
+        // 19 failures in 2,000 requests: about 0.3 binomial sd above 0.9%, no certainty.
+        let (action, severity) = decide(Some((19, 2000)));
+        assert_eq!(action, Action::Stay, "severity {severity}");
+        assert!(severity < 0.8, "{severity}");
+        // The same rate on 200,000 requests is well measured: it migrates.
+        assert_eq!(decide(Some((1900, 200_000))).0, Action::Migrate);
     }
 
     #[test]
@@ -514,6 +593,7 @@ mod tests {
                     p99_ms: &g.p99,
                     error_rate: &g.errors,
                     cost_per_hour: Some(&cost),
+                    error_counts: None,
                 },
             )
             .unwrap();
