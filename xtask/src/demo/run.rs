@@ -133,7 +133,7 @@ pub struct Outcome {
     /// The group names: (the scenario's primary, the scenario's shadow) as the lifecycle
     /// named them.
     pub groups: (String, String),
-    /// The effects injected: (scenario time, group, effect kind).
+    /// The effects injected, and the price changes sent: (scenario time, group or `prices`, kind).
     pub injected: Vec<(f64, String, String)>,
     /// The reactive baseline's moves: scenario time of each.
     pub reactive_moves: Vec<f64>,
@@ -195,6 +195,7 @@ fn config(
     p: &Programs,
     policy: Policy,
     epoch_unix_ms: u64,
+    prices_at_s: f64,
     xds: u16,
     admin: u16,
 ) -> String {
@@ -208,7 +209,7 @@ fn config(
         },
     );
     let args: Vec<String> = launch.args.iter().map(|a| yaml(a)).collect();
-    let prices = s.prices_at(s.start_s);
+    let prices = s.prices_at(prices_at_s);
     let prices = if prices.is_empty() {
         String::new()
     } else {
@@ -391,7 +392,7 @@ pub async fn run(
     // The scenario clock starts a little ahead, when the stack should be up; the load starts
     // then (or later: the clock does not wait, so a slow start only shortens the run).
     let epoch = now_unix_ms() + LEAD.as_millis() as u64;
-    let cfg = |x: u16, a: u16| config(s, p, policy, epoch, x, a);
+    let cfg = |x: u16, a: u16| config(s, p, policy, epoch, s.start_s, x, a);
     let cp = ControlPlane::start(&p.shadowplane, cfg)
         .await
         .context("cannot start shadowplane serve")?;
@@ -465,6 +466,17 @@ pub async fn run(
     ));
 
     let mut injections = s.injections().into_iter().peekable();
+    // Price changes reach the control plane as a new config and a reload, as an operator's
+    // pricing feed would: shadowplane reads prices from its config.
+    let mut price_changes: Vec<f64> = s
+        .prices
+        .iter()
+        .map(|p| p.at_s)
+        .filter(|&at| at > s.start_s)
+        .collect();
+    price_changes.sort_by(f64::total_cmp);
+    price_changes.dedup();
+    let mut price_changes = price_changes.into_iter().peekable();
     let mut injected = Vec::new();
     let mut ticks: Vec<Tick> = Vec::new();
     let mut events: Vec<Value> = Vec::new();
@@ -508,6 +520,24 @@ pub async fn run(
                 }
             }
             injected.push((inj.at_s, group, inj.effect.kind().to_string()));
+        }
+        if let Some(at) = price_changes.next_if(|&at| at <= t) {
+            let text = config(
+                s,
+                p,
+                policy,
+                epoch,
+                at,
+                stack.cp.xds_port,
+                stack.cp.admin_port,
+            );
+            std::fs::write(stack.cp.config_path(), text)
+                .with_context(|| format!("cannot write {}", stack.cp.config_path().display()))?;
+            match stack.cp.reload(&[]).await {
+                Ok((200, _)) => injected.push((at, "prices".to_string(), "price".to_string())),
+                Ok((st, v)) => bail!("the reload at a price change answered {st}: {v}"),
+                Err(e) => bail!("cannot reload at a price change: {e:#}"),
+            }
         }
         let view = stack.lifecycle().await.unwrap_or(Value::Null);
         let fresh = stack.cp.events(since).await.unwrap_or_default();
@@ -756,7 +786,7 @@ mod tests {
         assert!(all.len() >= 7, "{}", all.len());
         for s in &all {
             for policy in [Policy::Predictive, Policy::Reactive, Policy::None] {
-                let text = config(s, &programs(), policy, 1_000, 18000, 18001);
+                let text = config(s, &programs(), policy, 1_000, s.start_s, 18000, 18001);
                 let y: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)
                     .unwrap_or_else(|e| panic!("{}: {e}\n{text}", s.name));
                 let l = &y["services"][0]["lifecycle"];
