@@ -1009,3 +1009,42 @@ fn l4_connections_get_data_callbacks_buffering_and_close() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn malloc_is_the_allocator_when_proxy_on_memory_allocate_is_absent() -> Result<()> {
+    let mut g = Guest::new().alloc_export("malloc");
+    let path = g.s(b":path");
+    let echo = g.s(b"x-echo");
+    let g = g.func(VM_START).func(&format!(
+        r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+            (call $rec (call $get_header (i32.const 0) {path} (i32.const {RET}) (i32.const {RET2})))
+            (call $rec (i32.load (i32.const {RET})))
+            (call $rec (call $add_header (i32.const 0) {echo} (i32.load (i32.const {RET})) (i32.load (i32.const {RET2}))))
+            (i32.const 0))"#
+    ));
+    let mut h = Harness::from_compiled(&g.compile(wasm::host())).start()?;
+    h.request_headers(&[(":path", "/via-malloc")], true)?;
+    // The value was placed where malloc's bump pointer starts (131072).
+    assert_eq!(h.histogram("probe"), Some(vec![OK, 131_072, OK]));
+    h.expect_request_header("x-echo", "/via-malloc")?;
+    Ok(())
+}
+
+#[test]
+fn sched_yield_and_clock_res_get_answer_wasi_errnos() -> Result<()> {
+    let g = probe(|_| {
+        vec![
+            "(call $sched_yield)".to_string(),
+            format!("(call $clock_res_get (i32.const 0) (i32.const {RET}))"),
+            format!("(i32.wrap_i64 (i64.load (i32.const {RET})))"),
+            format!("(call $clock_res_get (i32.const 1) (i32.const {RET}))"),
+            format!("(call $clock_res_get (i32.const 9) (i32.const {RET}))"),
+            "(call $clock_res_get (i32.const 0) (i32.const -4))".to_string(),
+        ]
+    });
+    let (h, got) = run_probe(&g)?;
+    // SUCCESS 0, a resolution of 1 ns, INVAL 28 for an unknown clock, FAULT 21 out of bounds.
+    assert_eq!(got, vec![0, 0, 1, 0, 28, 21]);
+    assert!(h.traps().is_empty());
+    Ok(())
+}

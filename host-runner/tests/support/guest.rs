@@ -56,6 +56,8 @@ const IMPORTS: &str = r#"
   (import "wasi_snapshot_preview1" "environ_get" (func $environ_get (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "args_get" (func $args_get (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (import "wasi_snapshot_preview1" "sched_yield" (func $sched_yield (result i32)))
+  (import "wasi_snapshot_preview1" "clock_res_get" (func $clock_res_get (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
 "#;
@@ -73,6 +75,7 @@ pub struct Guest {
     next: u32,
     funcs: Vec<String>,
     abi: &'static str,
+    alloc: &'static str,
 }
 
 impl Default for Guest {
@@ -82,6 +85,7 @@ impl Default for Guest {
             next: 1024,
             funcs: Vec::new(),
             abi: "proxy_abi_version_0_2_1",
+            alloc: "proxy_on_memory_allocate",
         }
     }
 }
@@ -96,6 +100,12 @@ impl Guest {
     #[allow(dead_code)]
     pub fn abi(mut self, marker: &'static str) -> Self {
         self.abi = marker;
+        self
+    }
+
+    /// Exports the allocator under another name (`malloc`, the fallback hosts look for).
+    pub fn alloc_export(mut self, name: &'static str) -> Self {
+        self.alloc = name;
         self
     }
 
@@ -127,7 +137,7 @@ impl Guest {
             r#"
   (memory (export "memory") 4)
   (global $heap (mut i32) (i32.const 131072))
-  (func (export "proxy_on_memory_allocate") (param i32) (result i32)
+  (func $alloc (param i32) (result i32)
     (global.get $heap)
     (global.set $heap (i32.add (global.get $heap) (i32.and (i32.add (local.get 0) (i32.const 7)) (i32.const -8)))))
   (global $probe (mut i32) (i32.const 0))
@@ -140,6 +150,7 @@ impl Guest {
 "#,
         );
         out.push_str(&format!("  (func (export \"{}\"))\n", self.abi));
+        out.push_str(&format!("  (export \"{}\" (func $alloc))\n", self.alloc));
         for (at, bytes) in &self.data {
             let esc: String = bytes.iter().map(|b| format!("\\{b:02x}")).collect();
             out.push_str(&format!("  (data (i32.const {at}) \"{esc}\")\n"));
