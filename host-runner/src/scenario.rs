@@ -15,6 +15,11 @@
 //!   - tick_ms: 1000
 //!   - expect: {http_calls: [{upstream: collector}], metrics: {shadowplane.reports_sent: 0}}
 //!   - respond_http: {call: 1, status: 200}
+//!   - connection:                                  # an L4 connection
+//!       events: [{downstream: "hi"}, {upstream_end: "bye"}, {close_downstream: remote}]
+//!       expect: {downstream_forwarded: "hi", upstream_forwarded: "bye"}
+//!   - call_foreign: {function_id: 1, args: ping}   # proxy_on_foreign_function
+//!   - configure: {config: {groups: []}, accepted: false}
 //! ```
 
 use std::collections::BTreeMap;
@@ -43,6 +48,10 @@ pub struct Scenario {
     /// Properties by dotted path (`node.id`), as strings. Default: none.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// Foreign functions the plugin may call with `proxy_call_foreign_function`, by name: each
+    /// answers its reply, whatever the arguments. Default: none.
+    #[serde(default)]
+    pub foreign_functions: BTreeMap<String, String>,
     /// What happens, in order. Required.
     #[serde(with = "serde_yaml_ng::with::singleton_map_recursive")]
     pub steps: Vec<Step>,
@@ -83,6 +92,13 @@ pub enum Step {
     FailHttp(CalloutRef),
     /// Answer the N-th gRPC call or stream (1-based, in opening order).
     RespondGrpc(GrpcReply),
+    /// A whole L4 connection on a new stream context: `proxy_on_new_connection`, then its
+    /// events in order.
+    Connection(Box<Connection>),
+    /// Calls the plugin's `proxy_on_foreign_function`.
+    CallForeign(ForeignCall),
+    /// Sends a new plugin configuration: `proxy_on_configure` runs again.
+    Configure(Reconfigure),
     /// Check expectations now.
     Expect(Box<Expect>),
 }
@@ -122,6 +138,75 @@ pub struct Response {
     /// Checked after the response side.
     #[serde(default)]
     pub expect: Option<Expect>,
+}
+
+/// An L4 connection and what to expect of it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Connection {
+    /// What happens on the connection, in order. Default: nothing after the connection opens.
+    #[serde(default)]
+    pub events: Vec<ConnectionEvent>,
+    /// Checked after the last event, before the context is done.
+    #[serde(default)]
+    pub expect: Option<Expect>,
+}
+
+/// One event on an L4 connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ConnectionEvent {
+    /// Bytes from downstream.
+    Downstream(String),
+    /// The last bytes from downstream (end of stream).
+    DownstreamEnd(String),
+    /// Bytes from upstream.
+    Upstream(String),
+    /// The last bytes from upstream (end of stream).
+    UpstreamEnd(String),
+    /// The downstream connection closes; the value names who closed it.
+    CloseDownstream(Peer),
+    /// The upstream connection closes.
+    CloseUpstream(Peer),
+}
+
+/// Who closed a connection, as the spec's `proxy_peer_type_t`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Peer {
+    /// 0.
+    Unknown = 0,
+    /// 1: this side.
+    Local = 1,
+    /// 2: the other side.
+    Remote = 2,
+}
+
+/// A call of the plugin's `proxy_on_foreign_function`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForeignCall {
+    /// The function id passed to the plugin. Required.
+    pub function_id: u32,
+    /// The arguments, readable as the foreign-function-arguments buffer. Default: empty.
+    #[serde(default)]
+    pub args: String,
+}
+
+/// A new plugin configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reconfigure {
+    /// The configuration: a string as is, anything else as JSON. Default: empty.
+    #[serde(default)]
+    pub config: Option<Value>,
+    /// Whether `proxy_on_configure` must accept it. Default: true.
+    #[serde(default = "yes")]
+    pub accepted: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Which callout.
@@ -211,6 +296,12 @@ pub struct Expect {
     /// Shared data values.
     #[serde(default)]
     pub shared_data: BTreeMap<String, String>,
+    /// L4: every byte the plugin let through from downstream so far, on this connection.
+    #[serde(default)]
+    pub downstream_forwarded: Option<String>,
+    /// L4: every byte the plugin let through from upstream so far.
+    #[serde(default)]
+    pub upstream_forwarded: Option<String>,
     /// No trap so far. Default: not checked.
     #[serde(default)]
     pub no_traps: bool,
@@ -260,6 +351,10 @@ impl Scenario {
                 }
                 s.vm_config = config_bytes(self.plugin.vm_config.as_ref());
             });
+        for (name, reply) in &self.foreign_functions {
+            let reply = reply.clone().into_bytes();
+            h = h.with_foreign(name, std::sync::Arc::new(move |_: &[u8]| reply.clone()));
+        }
         if let Some(c) = &self.clusters {
             let c: Vec<&str> = c.iter().map(String::as_str).collect();
             h = h.with_clusters(&c);
@@ -430,7 +525,51 @@ impl Run {
                 self.check(h, &format!("step {n}"), e);
                 Ok(())
             }
+            Step::Connection(c) => self.connection(h, n, c),
+            Step::CallForeign(f) => h.call_foreign(f.function_id, f.args.as_bytes()),
+            Step::Configure(r) => {
+                let got = match h.reconfigure(config_bytes(r.config.as_ref())) {
+                    Ok(()) => true,
+                    Err(Error::Rejected { .. }) => false,
+                    Err(e) => return Err(e),
+                };
+                let want = r.accepted;
+                self.checks += 1;
+                let what = format!("step {n}: configuration accepted: {want} (got {got})");
+                if got == want {
+                    h.note(format!("  ok {what}"));
+                } else {
+                    self.fail(h, what);
+                }
+                Ok(())
+            }
         }
+    }
+
+    fn connection(&mut self, h: &mut Harness, n: usize, c: &Connection) -> Result<()> {
+        self.last_action = Some(h.new_connection()?);
+        for e in &c.events {
+            match e {
+                ConnectionEvent::Downstream(d) => {
+                    self.last_action = Some(h.downstream_data(d.as_bytes(), false)?);
+                }
+                ConnectionEvent::DownstreamEnd(d) => {
+                    self.last_action = Some(h.downstream_data(d.as_bytes(), true)?);
+                }
+                ConnectionEvent::Upstream(d) => {
+                    self.last_action = Some(h.upstream_data(d.as_bytes(), false)?);
+                }
+                ConnectionEvent::UpstreamEnd(d) => {
+                    self.last_action = Some(h.upstream_data(d.as_bytes(), true)?);
+                }
+                ConnectionEvent::CloseDownstream(p) => h.connection_closed(true, *p as u32)?,
+                ConnectionEvent::CloseUpstream(p) => h.connection_closed(false, *p as u32)?,
+            }
+        }
+        if let Some(e) = &c.expect {
+            self.check(h, &format!("step {n} connection"), e);
+        }
+        h.end_stream()
     }
 
     fn exchange(&mut self, h: &mut Harness, n: usize, x: &Exchange) -> Result<()> {
@@ -562,6 +701,24 @@ impl Run {
                 .map(|(v, _)| String::from_utf8_lossy(&v).into_owned());
             results.push((
                 format!("shared data {k} = {want:?} (got {got:?})"),
+                got.as_deref() == Some(want.as_str()),
+            ));
+        }
+        for (side, want) in [
+            ("downstream", &e.downstream_forwarded),
+            ("upstream", &e.upstream_forwarded),
+        ] {
+            let Some(want) = want else { continue };
+            let got = h.stream().map(|s| {
+                let b = if side == "downstream" {
+                    &s.downstream_forwarded
+                } else {
+                    &s.upstream_forwarded
+                };
+                String::from_utf8_lossy(b).into_owned()
+            });
+            results.push((
+                format!("{side} forwarded {want:?} (got {got:?})"),
                 got.as_deref() == Some(want.as_str()),
             ));
         }

@@ -142,3 +142,111 @@ steps:
         .expect("runs");
     assert_eq!(out.failures.len(), 1, "{}", out.render());
 }
+
+/// An L4 guest: holds downstream bytes until the end, then prepends what the foreign function
+/// `stamp` answers; records connection closes; keeps the arguments of its own foreign
+/// function in shared data; accepts only configurations that start with `o`.
+fn l4_guest() -> Guest {
+    let mut g = Guest::new();
+    let stamp = g.s(b"stamp");
+    let none = g.s(b"");
+    let key = g.s(b"last-foreign");
+    g.func(VM_START)
+        .func(&format!(
+            r#"(func (export "proxy_on_configure") (param i32 i32) (result i32)
+            (drop (call $get_buffer (i32.const 7) (i32.const 0) (local.get 1) (i32.const {RET}) (i32.const {RET2})))
+            (i32.and (i32.gt_u (local.get 1) (i32.const 0))
+                     (i32.eq (i32.load8_u (i32.load (i32.const {RET}))) (i32.const 111))))"#
+        ))
+        .func(r#"(func (export "proxy_on_new_connection") (param i32) (result i32) (i32.const 0))"#)
+        .func(&format!(
+            r#"(func (export "proxy_on_downstream_data") (param i32 i32 i32) (result i32)
+            (if (result i32) (local.get 2)
+              (then
+                (drop (call $foreign {stamp} {none} (i32.const {RET}) (i32.const {RET2})))
+                (drop (call $set_buffer (i32.const 2) (i32.const 0) (i32.const 0) (i32.load (i32.const {RET})) (i32.load (i32.const {RET2}))))
+                (i32.const 0))
+              (else (i32.const 1))))"#
+        ))
+        .func(r#"(func (export "proxy_on_upstream_data") (param i32 i32 i32) (result i32) (i32.const 0))"#)
+        .func(
+            r#"(func (export "proxy_on_downstream_connection_close") (param i32 i32)
+            (call $rec (i32.add (i32.const 200) (local.get 1))))"#,
+        )
+        .func(
+            r#"(func (export "proxy_on_upstream_connection_close") (param i32 i32)
+            (call $rec (i32.add (i32.const 300) (local.get 1))))"#,
+        )
+        .func(&format!(
+            r#"(func (export "proxy_on_foreign_function") (param i32 i32 i32)
+            (drop (call $get_buffer (i32.const 8) (i32.const 0) (local.get 2) (i32.const {RET}) (i32.const {RET2})))
+            (drop (call $set_shared {key} (i32.load (i32.const {RET})) (i32.load (i32.const {RET2})) (i32.const 0)))
+            (call $rec (local.get 1)))"#
+        ))
+}
+
+#[test]
+fn connections_foreign_functions_and_reconfiguration_in_a_scenario() {
+    let text = r#"
+plugin: {config: ok}
+foreign_functions: {stamp: "[v1] "}
+steps:
+  - connection:
+      events:
+        - downstream: he
+        - downstream_end: llo
+        - upstream: world
+        - close_upstream: remote
+        - close_downstream: local
+      expect:
+        action: continue
+        downstream_forwarded: "[v1] hello"
+        upstream_forwarded: world
+        histogram_counts: {probe: 2}
+  - call_foreign: {function_id: 9, args: ping}
+  - expect: {shared_data: {last-foreign: ping}, histogram_counts: {probe: 3}}
+  - configure: {config: xyz, accepted: false}
+  - configure: {config: {"on": 1}, accepted: false}
+  - configure: {config: okay}
+"#;
+    let compiled = l4_guest().compile(wasm::host());
+    let out = Scenario::from_yaml(text, "inline")
+        .expect("parses")
+        .run(&compiled)
+        .expect("runs");
+    assert!(out.passed(), "{}", out.render());
+    assert_eq!(out.checks, 9);
+    let probe = out.metrics.iter().find(|m| m.name == "probe");
+    assert_eq!(probe.map(|m| m.samples.clone()), Some(vec![302, 201, 9]));
+    let trace = out.render();
+    assert!(
+        trace.contains("proxy_on_downstream_data(5 bytes, eos=true)"),
+        "{trace}"
+    );
+
+    // Each kind of expectation fails when it does not hold.
+    for (from, to) in [
+        (
+            "accepted: false}\n  - configure: {config: {",
+            "accepted: true}\n  - configure: {config: {",
+        ),
+        (
+            "downstream_forwarded: \"[v1] hello\"",
+            "downstream_forwarded: hello",
+        ),
+        ("upstream_forwarded: world", "upstream_forwarded: worl"),
+        ("last-foreign: ping", "last-foreign: pong"),
+        (
+            "- configure: {config: okay}",
+            "- configure: {config: okay, accepted: false}",
+        ),
+    ] {
+        let wrong = text.replace(from, to);
+        assert_ne!(wrong, text, "{from}");
+        let out = Scenario::from_yaml(&wrong, "inline")
+            .expect("parses")
+            .run(&compiled)
+            .expect("runs");
+        assert_eq!(out.failures.len(), 1, "{from}: {}", out.render());
+    }
+}
