@@ -1,9 +1,10 @@
-//! shadowplane's developer tasks: `cargo xtask setup | test | bench | demo | eval`.
+//! shadowplane's developer tasks: `cargo xtask setup | test | bench | demo | eval | fuzz`.
 
 mod bench;
 mod cmd;
 mod demo;
 mod eval;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -44,6 +45,14 @@ enum Task {
         /// Which evaluation: nab (the anomaly detector and forecaster on ../shared/data/nab)
         name: String,
     },
+    /// Fuzz coverage-guided under cargo-fuzz for a while; crashes go to the target's artifacts/
+    Fuzz {
+        /// Which target: host-runner (the proxy-wasm ABI surface)
+        name: String,
+        /// How long to run, in seconds
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -55,6 +64,7 @@ fn main() -> Result<()> {
         Task::Bench { name } => bench::run(&root, &name),
         Task::Demo(opts) => demo::demo(&root, &opts).map(drop),
         Task::Eval { name } => eval::run(&root, &name),
+        Task::Fuzz { name, secs } => fuzz::run(&root, &name, secs),
     }
 }
 
