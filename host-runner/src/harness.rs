@@ -400,6 +400,11 @@ impl Harness {
         Ok(id)
     }
 
+    /// The current stream (or connection), if any.
+    pub fn current(&self) -> Option<u32> {
+        self.current
+    }
+
     /// Makes an existing stream current.
     pub fn select(&mut self, id: u32) -> Result<()> {
         self.plugin()?.stream(id).ok_or(Error::NoStream(id))?;

@@ -3,7 +3,8 @@
 //! `host-runner run --wasm F --scenario S.yaml [--json]` plays a scenario, prints its trace
 //! (or a JSON report) and exits 0 only when every expectation held.
 //! `host-runner serve --wasm F --listen ADDR --upstream URL [--config JSON] [--cluster N=URL]`
-//! proxies live traffic through the plugin.
+//! proxies live HTTP traffic through the plugin, or TCP through its L4 callbacks with
+//! `--upstream tcp://HOST:PORT`.
 
 mod serve;
 
@@ -46,7 +47,8 @@ enum Command {
         /// Address to listen on (port 0 picks one; the chosen address is printed).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
-        /// Where requests go, e.g. http://127.0.0.1:9000.
+        /// Where requests go, e.g. http://127.0.0.1:9000; tcp://HOST:PORT proxies TCP through
+        /// the plugin's L4 callbacks instead.
         #[arg(long)]
         upstream: hyper::Uri,
         /// Plugin configuration (JSON text).

@@ -3,6 +3,12 @@
 //! to the upstream, then through its response callbacks; HTTP callouts go to the clusters
 //! given with `--cluster NAME=URL`; ticks follow the real clock.
 //!
+//! With a `tcp://HOST:PORT` upstream it proxies TCP instead, through the plugin's L4
+//! callbacks: each connection is a stream context (`proxy_on_new_connection`), each side's
+//! bytes go through `proxy_on_downstream_data`/`proxy_on_upstream_data` (end of stream on a
+//! half-close), what the plugin lets through goes on to the other side, and both
+//! `proxy_on_*_connection_close` callbacks come when the connection ends.
+//!
 //! Bodies are buffered whole and handed to the plugin as one chunk: this is a way to try a
 //! filter with curl, not a production proxy.
 
@@ -10,7 +16,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
@@ -26,7 +36,8 @@ use shadowplane_host_runner::{Clock, Compiled, Harness, Stream};
 pub struct Options {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Base URL requests are forwarded to.
+    /// Base URL requests are forwarded to; `tcp://HOST:PORT` proxies TCP through the L4
+    /// callbacks instead.
     pub upstream: Uri,
     /// Plugin configuration.
     pub config: Vec<u8>,
@@ -293,6 +304,15 @@ async fn proxy(p: Arc<Proxy>, req: Request<Incoming>) -> Result<Response<Full<By
 
 /// Runs the proxy until the process is stopped.
 pub async fn serve(compiled: &Compiled, opts: Options) -> Result<()> {
+    let tcp = match opts.upstream.scheme_str() {
+        Some("tcp") => Some(
+            opts.upstream
+                .authority()
+                .map(|a| a.to_string())
+                .with_context(|| format!("{}: a tcp upstream is tcp://HOST:PORT", opts.upstream))?,
+        ),
+        _ => None,
+    };
     let names: Vec<&str> = opts.clusters.keys().map(String::as_str).collect();
     let harness = Harness::from_compiled(compiled)
         .with_trace(false)
@@ -326,6 +346,18 @@ pub async fn serve(compiled: &Compiled, opts: Options) -> Result<()> {
             }
         });
     }
+    if let Some(addr) = tcp {
+        loop {
+            let (conn, _) = listener.accept().await?;
+            let p = Arc::clone(&p);
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                if let Err(e) = tcp_connection(p, conn, &addr).await {
+                    eprintln!("host-runner: connection: {e:#}");
+                }
+            });
+        }
+    }
     loop {
         let (stream, _) = listener.accept().await?;
         let p = Arc::clone(&p);
@@ -349,5 +381,109 @@ pub async fn serve(compiled: &Compiled, opts: Options) -> Result<()> {
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+/// How often a connection looks for bytes the plugin let through since the last look (it may
+/// continue a paused side from any callback, a callout's answer or a tick among them).
+const FLUSH_INTERVAL: Duration = Duration::from_millis(2);
+
+/// One L4 connection through the plugin, until both sides have ended or the plugin closed it.
+async fn tcp_connection(p: Arc<Proxy>, client: TcpStream, upstream: &str) -> Result<()> {
+    let server = TcpStream::connect(upstream)
+        .await
+        .with_context(|| format!("cannot connect to {upstream}"))?;
+    let id = {
+        let mut h = p.lock();
+        h.new_connection()?;
+        h.current().context("the connection has no context")?
+    };
+    p.dispatch_callouts();
+    let (cr, mut cw) = client.into_split();
+    let (sr, mut sw) = server.into_split();
+    let down = tokio::spawn(read_side(Arc::clone(&p), id, cr, true));
+    let up = tokio::spawn(read_side(Arc::clone(&p), id, sr, false));
+    // Bytes already written each way, and whether that way's write half is shut.
+    let mut sent = [0usize; 2];
+    let mut shut = [false, false];
+    let closed_by_plugin = loop {
+        // Read before the snapshot, so a side seen as ended has all its bytes in it.
+        let ended = [down.is_finished(), up.is_finished()];
+        let (fresh, held, closed) = {
+            let mut h = p.lock();
+            h.select(id)?;
+            let st = h.stream().context("the connection is gone")?;
+            (
+                [
+                    st.downstream_forwarded[sent[0]..].to_vec(),
+                    st.upstream_forwarded[sent[1]..].to_vec(),
+                ],
+                [!st.downstream_data.is_empty(), !st.upstream_data.is_empty()],
+                st.downstream_closed || st.upstream_closed,
+            )
+        };
+        // Downstream bytes go to the upstream server, upstream bytes to the client.
+        if !fresh[0].is_empty() {
+            sw.write_all(&fresh[0]).await?;
+            sent[0] += fresh[0].len();
+        }
+        if !fresh[1].is_empty() {
+            cw.write_all(&fresh[1]).await?;
+            sent[1] += fresh[1].len();
+        }
+        if closed {
+            break true;
+        }
+        // A side that ended, with nothing held back, half-closes the other.
+        if ended[0] && !held[0] && !shut[0] {
+            let _ = sw.shutdown().await;
+            shut[0] = true;
+        }
+        if ended[1] && !held[1] && !shut[1] {
+            let _ = cw.shutdown().await;
+            shut[1] = true;
+        }
+        if shut[0] && shut[1] {
+            break false;
+        }
+        tokio::time::sleep(FLUSH_INTERVAL).await;
+    };
+    down.abort();
+    up.abort();
+    // proxy_peer_type_t: 1 local (the plugin closed it), 2 remote (the peer did).
+    let peer = if closed_by_plugin { 1 } else { 2 };
+    let mut h = p.lock();
+    h.select(id)?;
+    h.connection_closed(true, peer)?;
+    h.connection_closed(false, peer)?;
+    h.end_stream()?;
+    Ok(())
+}
+
+/// Feeds what one side sends to the plugin until that side ends (end of stream) or the
+/// connection is closed.
+async fn read_side(p: Arc<Proxy>, id: u32, mut from: OwnedReadHalf, downstream: bool) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await.unwrap_or(0);
+        let eos = n == 0;
+        {
+            let mut h = p.lock();
+            if h.select(id).is_err() {
+                return;
+            }
+            let r = if downstream {
+                h.downstream_data(&buf[..n], eos)
+            } else {
+                h.upstream_data(&buf[..n], eos)
+            };
+            if r.is_err() {
+                return;
+            }
+        }
+        p.dispatch_callouts();
+        if eos {
+            return;
+        }
     }
 }

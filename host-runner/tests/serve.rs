@@ -1,6 +1,9 @@
 //! `host-runner serve` on live traffic: a request through the shadowplane filter to a real
-//! upstream on loopback, and the filter's telemetry callout to a real collector.
+//! upstream on loopback, and the filter's telemetry callout to a real collector; and a TCP
+//! connection through a WAT guest's L4 callbacks to an echo server.
 
+#[path = "support/guest.rs"]
+mod guest;
 #[path = "support/wasm.rs"]
 mod wasm;
 
@@ -59,14 +62,25 @@ impl Drop for Proxy {
 }
 
 fn start(upstream: &str, collector: &str, config: &str) -> (Proxy, String) {
+    let wasm = wasm::filter_path();
+    spawn(&[
+        "--wasm",
+        &wasm.display().to_string(),
+        "--upstream",
+        &format!("http://{upstream}"),
+        "--cluster",
+        &format!("collector=http://{collector}"),
+        "--config",
+        config,
+    ])
+}
+
+/// `host-runner serve --listen 127.0.0.1:0 ARGS`, and the address it listens on.
+fn spawn(args: &[&str]) -> (Proxy, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_host-runner"))
         .arg("serve")
-        .arg("--wasm")
-        .arg(wasm::filter_path())
         .args(["--listen", "127.0.0.1:0"])
-        .args(["--upstream", &format!("http://{upstream}")])
-        .args(["--cluster", &format!("collector=http://{collector}")])
-        .args(["--config", config])
+        .args(args)
         .stdout(Stdio::piped())
         .spawn()
         .expect("host-runner serve starts");
@@ -136,4 +150,76 @@ fn live_requests_are_routed_and_reported() {
             .contains("authorization: bearer t0k"),
         "{report}"
     );
+}
+
+/// A TCP server on loopback that reads each connection to its end, then sends it all back and
+/// closes.
+fn echo_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut got = Vec::new();
+            if conn.read_to_end(&mut got).is_ok() {
+                let _ = conn.write_all(&got);
+            }
+        }
+    });
+    addr
+}
+
+/// Holds each side's bytes until its end of stream, then prepends `> ` (downstream) or `< `
+/// (upstream) and lets them through.
+fn l4_guest() -> Vec<u8> {
+    let mut g = guest::Guest::new();
+    let down = g.s(b"> ");
+    let up = g.s(b"< ");
+    let g = g
+        .func(guest::VM_START)
+        .func(r#"(func (export "proxy_on_new_connection") (param i32) (result i32) (i32.const 0))"#)
+        .func(&format!(
+            r#"(func (export "proxy_on_downstream_data") (param i32 i32 i32) (result i32)
+            (if (result i32) (local.get 2)
+              (then (drop (call $set_buffer (i32.const 2) (i32.const 0) (i32.const 0) {down})) (i32.const 0))
+              (else (i32.const 1))))"#
+        ))
+        .func(&format!(
+            r#"(func (export "proxy_on_upstream_data") (param i32 i32 i32) (result i32)
+            (if (result i32) (local.get 2)
+              (then (drop (call $set_buffer (i32.const 3) (i32.const 0) (i32.const 0) {up})) (i32.const 0))
+              (else (i32.const 1))))"#
+        ));
+    wat::parse_str(g.wat()).expect("the guest assembles")
+}
+
+#[test]
+fn a_tcp_connection_goes_through_the_l4_callbacks() {
+    let dir = std::env::temp_dir().join(format!("host-runner-serve-l4-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let wasm = dir.join("l4.wasm");
+    std::fs::write(&wasm, l4_guest()).expect("write the guest");
+    let echo = echo_server();
+    let (_proxy, addr) = spawn(&[
+        "--wasm",
+        &wasm.display().to_string(),
+        "--upstream",
+        &format!("tcp://{echo}"),
+    ]);
+    for text in ["hello", "a second connection"] {
+        let mut s = TcpStream::connect(&addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        // Two writes: the guest holds the first until the end of stream.
+        let (a, b) = text.split_at(2);
+        s.write_all(a.as_bytes()).expect("write");
+        std::thread::sleep(Duration::from_millis(20));
+        s.write_all(b.as_bytes()).expect("write");
+        s.shutdown(std::net::Shutdown::Write).expect("half-close");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        // Downstream got "> " before it reached the echo server, upstream "< " on the way back.
+        assert_eq!(out, format!("< > {text}"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
