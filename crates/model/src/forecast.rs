@@ -94,8 +94,8 @@ pub struct ForecasterParams {
     /// absolute error over horizons 1 to `select_horizon`. One step suits one-step scoring
     /// (the anomaly detector); a consumer of multi-step forecasts (the migration trigger)
     /// wants the model that is right over its horizon: on a slow ramp the last value is a
-    /// good next point but a poor forecast twelve points out. 1 to `max_horizon`. Default
-    /// (`None`): 1.
+    /// good next point but a poor forecast twelve points out. Holt-Winters' smoothing weights
+    /// are fitted over the same horizons. 1 to `max_horizon`. Default (`None`): 1.
     pub select_horizon: Option<usize>,
 }
 
@@ -680,7 +680,7 @@ impl Forecaster {
                     true
                 }
                 (State::HoltWinters(hw), _) => {
-                    hw.fit(values, day);
+                    hw.fit_for(values, day, p.select_horizon.unwrap_or(1));
                     hw.is_fitted()
                 }
                 (State::Regression(r), _) => {
