@@ -956,18 +956,19 @@ impl Engine {
                             } else {
                                 d.reason.clone()
                             };
-                            if migrate || d.changed || s.state.last_decision.is_none() {
-                                s.state.last_decision = Some(json!({
-                                    "at_ms": now,
-                                    "action": if migrate { "migrate" } else { "stay" },
-                                    "metric": d.metric,
-                                    "severity": round3(d.severity),
-                                    "breach_at_s": d.breach_at,
-                                    "reason": reason,
-                                    "forecast": forecast,
-                                    "causes": causes(&models.recent, 6),
-                                }));
-                            }
+                            // Refreshed on every check, so the status shows the current
+                            // reason and forecast, not the first "still warming up" of the
+                            // phase; it is persisted with the next state change.
+                            s.state.last_decision = Some(json!({
+                                "at_ms": now,
+                                "action": if migrate { "migrate" } else { "stay" },
+                                "metric": d.metric,
+                                "severity": round3(d.severity),
+                                "breach_at_s": d.breach_at,
+                                "reason": reason,
+                                "forecast": forecast,
+                                "causes": causes(&models.recent, 6),
+                            }));
                             if migrate {
                                 inputs.push(Input::Trigger {
                                     migrate: true,
