@@ -12,7 +12,7 @@ use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shadowplane_example_upstream::scenario;
 
@@ -120,7 +120,7 @@ pub fn write_report(
 }
 
 /// What a run comes to.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     /// Scenario name.
     pub scenario: String,
@@ -439,6 +439,16 @@ mod tests {
             "{:?}",
             s.cost
         );
+    }
+
+    #[test]
+    fn a_written_summary_reads_back_the_same() {
+        // The migration bench reuses earlier runs' rows from their reports.
+        let s = summarize(&outcome());
+        let json = serde_json::to_value(&s).unwrap();
+        let back: Summary = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), json);
+        assert_eq!(back.policy, Policy::Predictive);
     }
 
     #[test]

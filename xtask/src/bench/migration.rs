@@ -4,7 +4,10 @@
 //! moves after N failed checks in a row, as Flagger does); shadowplane's predictive policy.
 //!
 //! `SHADOWPLANE_BENCH_SCENARIOS=a,b` limits the run to some scenarios (each takes about three
-//! minutes per policy). Figures go to target/bench/migration.json.
+//! minutes per policy). `SHADOWPLANE_BENCH_POLICIES=predictive` runs only those policies and
+//! takes the others' rows from their last reports under target/bench/migration/ (marked
+//! `reused` in the table and the JSON): after a change to the model only the predictive runs
+//! change. Figures go to target/bench/migration.json.
 
 use std::path::Path;
 
@@ -30,6 +33,8 @@ struct Row {
     cutover_before_breach: Option<bool>,
     migrations: usize,
     cost: Option<f64>,
+    /// Taken from an earlier run's report (`SHADOWPLANE_BENCH_POLICIES`), not run now.
+    reused: bool,
     summary: Summary,
 }
 
@@ -49,18 +54,48 @@ pub fn run(root: &Path) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let mut rows = Vec::new();
+    let run_policies: Vec<Policy> = match std::env::var("SHADOWPLANE_BENCH_POLICIES") {
+        Ok(list) => list
+            .split(',')
+            .map(|p| {
+                <Policy as clap::ValueEnum>::from_str(p.trim(), true)
+                    .map_err(|e| anyhow::anyhow!("SHADOWPLANE_BENCH_POLICIES: {e}"))
+            })
+            .collect::<Result<_>>()?,
+        Err(_) => POLICIES.to_vec(),
+    };
     for s in &scenarios {
         for policy in POLICIES {
-            println!("\n== {} under {policy:?} ==", s.name);
-            let mut quiet = |_: &demo::run::Tick, _: &[serde_json::Value]| {};
-            let outcome = rt.block_on(demo::run::run(s, &programs, policy, &mut quiet))?;
-            let summary = demo::summarize(&outcome);
             let base = root
                 .join("target/bench/migration")
                 .join(format!("{}-{policy:?}", s.name).to_lowercase());
-            demo::write_report(&base, &outcome, &summary)?;
+            let reused = !run_policies.contains(&policy);
+            let summary = if reused {
+                let path = base.with_extension("json");
+                let doc: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&path).with_context(|| {
+                        format!("cannot read {} to reuse its row", path.display())
+                    })?)
+                    .with_context(|| format!("{} is not a report", path.display()))?;
+                let summary: Summary = serde_json::from_value(doc["summary"].clone())
+                    .with_context(|| format!("{}: no summary", path.display()))?;
+                println!(
+                    "\n== {} under {policy:?}: reused {} ==",
+                    s.name,
+                    path.display()
+                );
+                summary
+            } else {
+                println!("\n== {} under {policy:?} ==", s.name);
+                let mut quiet = |_: &demo::run::Tick, _: &[serde_json::Value]| {};
+                let outcome = rt.block_on(demo::run::run(s, &programs, policy, &mut quiet))?;
+                let summary = demo::summarize(&outcome);
+                demo::write_report(&base, &outcome, &summary)?;
+                summary
+            };
             let onset = s.fault_onset_s().or(s.budget_breach_s(&s.primary));
             let row = Row {
+                reused,
                 scenario: s.name.clone(),
                 fault: s.expects_migration(),
                 policy,
@@ -201,9 +236,10 @@ fn print_table(rows: &[Row], targets: &[Target]) {
     println!("|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {:?} | {} | {} ({}) | {} | {} | {} | {} |",
+            "| {} | {:?}{} | {} | {} ({}) | {} | {} | {} | {} |",
             r.scenario,
             r.policy,
+            if r.reused { " (reused)" } else { "" },
             r.slo_violating,
             r.failed,
             r.failed_in_transit,

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shadowplane_e2e::control_plane::{ControlPlane, ads_bootstrap};
 use shadowplane_e2e::envoy::{Envoy, EnvoyOpts};
@@ -24,7 +24,7 @@ use shadowplane_example_upstream::scenario::{LaunchContext, Scenario};
 use tokio::sync::Semaphore;
 
 /// How the run reacts to the primary's trouble.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Policy {
     /// shadowplane: migrate on the forecast, before the SLO breaks.
