@@ -1,9 +1,10 @@
-//! A WAT test guest in real Envoy (V8, `--concurrency 2`) and in host-runner, on the same
-//! requests, and what Envoy shows of its effects compared: request headers as the upstream
-//! received them, response headers and bodies as the client got them (a local reply among
-//! them), an HTTP callout's answer carried into the response, and the guest's counters,
-//! gauges and histograms in `/stats`. Needs Envoy (`cargo xtask setup`); without it the test
-//! fails with that command.
+//! WAT test guests in real Envoy (V8, `--concurrency 2`) and in host-runner, on the same
+//! traffic, and what Envoy shows of their effects compared. An HTTP guest: request headers as
+//! the upstream received them, response headers and bodies as the client got them (a local
+//! reply among them), an HTTP callout's answer carried into the response, and its counters,
+//! gauges and histograms in `/stats`. An L4 guest behind `tcp_proxy`: the bytes each way,
+//! held while paused, and its connection and close callbacks counted in `/stats`. Needs Envoy
+//! (`cargo xtask setup`); without it the tests fail with that command.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -353,4 +354,207 @@ fn tempfile_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("host-runner-diff-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a temp dir");
     dir
+}
+
+/// An L4 guest with only the imports it uses: holds each side's bytes until its end of
+/// stream, then prepends `> ` (downstream) or `< ` (upstream); counts connection closes by
+/// side.
+const L4_GUEST: &str = r#"(module
+  (import "env" "proxy_set_buffer_bytes" (func $set_buffer (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_define_metric" (func $define_metric (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_increment_metric" (func $increment_metric (param i32 i64) (result i32)))
+  (memory (export "memory") 4)
+  (global $heap (mut i32) (i32.const 131072))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32)
+    (global.get $heap)
+    (global.set $heap (i32.add (global.get $heap) (i32.and (i32.add (local.get 0) (i32.const 7)) (i32.const -8)))))
+  (func (export "proxy_abi_version_0_2_1"))
+  (data (i32.const 1024) "> ")
+  (data (i32.const 1032) "< ")
+  (data (i32.const 1040) "l4.downstream_closes")
+  (data (i32.const 1064) "l4.upstream_closes")
+  (data (i32.const 1088) "l4.connections")
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $define_metric (i32.const 0) (i32.const 1040) (i32.const 20) (i32.const 0)))
+    (drop (call $define_metric (i32.const 0) (i32.const 1064) (i32.const 18) (i32.const 4)))
+    (drop (call $define_metric (i32.const 0) (i32.const 1088) (i32.const 14) (i32.const 8)))
+    (i32.const 1))
+  (func (export "proxy_on_new_connection") (param i32) (result i32)
+    (drop (call $increment_metric (i32.load (i32.const 8)) (i64.const 1)))
+    (i32.const 0))
+  (func (export "proxy_on_downstream_data") (param i32 i32 i32) (result i32)
+    (if (result i32) (local.get 2)
+      (then (drop (call $set_buffer (i32.const 2) (i32.const 0) (i32.const 0) (i32.const 1024) (i32.const 2))) (i32.const 0))
+      (else (i32.const 1))))
+  (func (export "proxy_on_upstream_data") (param i32 i32 i32) (result i32)
+    (if (result i32) (local.get 2)
+      (then (drop (call $set_buffer (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 1032) (i32.const 2))) (i32.const 0))
+      (else (i32.const 1))))
+  (func (export "proxy_on_downstream_connection_close") (param i32 i32)
+    (drop (call $increment_metric (i32.load (i32.const 0)) (i64.const 1))))
+  (func (export "proxy_on_upstream_connection_close") (param i32 i32)
+    (drop (call $increment_metric (i32.load (i32.const 4)) (i64.const 1))))
+)"#;
+
+const L4_BOOTSTRAP: &str = r#"
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+static_resources:
+  listeners:
+  - name: tcp
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.wasm
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm
+          config:
+            name: l4-guest
+            vm_config:
+              runtime: envoy.wasm.runtime.v8
+              code: {local: {filename: "{{WASM}}"}}
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp
+          cluster: echo
+  clusters:
+  - name: echo
+    connect_timeout: 2s
+    type: STATIC
+    load_assignment:
+      cluster_name: echo
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: {{PORT}}}}}
+"#;
+
+/// A TCP server on loopback that reads each connection to its end, sends it all back and
+/// closes.
+async fn echo_server() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                if conn.read_to_end(&mut got).await.is_ok() {
+                    let _ = conn.write_all(&got).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+const L4_TEXTS: [&str; 3] = ["hello", "a second connection", "third"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_and_host_runner_agree_on_an_l4_guests_bytes_and_close_callbacks() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let wasm = wat::parse_str(L4_GUEST).expect("the guest assembles");
+    let dir = tempfile_dir().join("l4");
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let wasm_path = dir.join("l4.wasm");
+    std::fs::write(&wasm_path, &wasm).expect("write the guest");
+    let port = echo_server().await;
+    let bootstrap = render(
+        L4_BOOTSTRAP,
+        &[
+            ("WASM", wasm_path.display().to_string()),
+            ("PORT", port.to_string()),
+        ],
+    );
+    let envoy = Envoy::start(&bootstrap, EnvoyOpts::default())
+        .await
+        .expect("Envoy starts with the L4 guest");
+    let listen = envoy.listener_port("tcp").await;
+
+    // Envoy: each text in two writes, then a half-close; the answer read to its end.
+    let mut envoy_got = Vec::new();
+    for text in L4_TEXTS {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", listen))
+            .await
+            .expect("connect");
+        let (a, b) = text.split_at(2);
+        s.write_all(a.as_bytes()).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        s.write_all(b.as_bytes()).await.expect("write");
+        s.shutdown().await.expect("half-close");
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
+            .await
+            .expect("Envoy answers in time")
+            .expect("read");
+        envoy_got.push(String::from_utf8_lossy(&out).into_owned());
+    }
+    let n = L4_TEXTS.len() as u64;
+    for side in ["downstream", "upstream"] {
+        assert!(
+            envoy
+                .wait_for_counter(
+                    &format!("wasmcustom.l4.{side}_closes"),
+                    n,
+                    Duration::from_secs(15)
+                )
+                .await,
+            "Envoy did not report {n} {side} closes"
+        );
+    }
+    let stats = envoy.stats().await;
+    let envoy_stat = |name: &str| {
+        stats
+            .get(&format!("wasmcustom.{name}"))
+            .and_then(|v| v.parse::<i64>().ok())
+    };
+
+    // host-runner: the same bytes, the echo's answer fed back as upstream data.
+    let host = Host::new(HostConfig::default()).expect("host");
+    let mut h = Harness::from_compiled(&host.compile(&wasm).expect("compiles"))
+        .start()
+        .expect("starts");
+    let mut ours = Vec::new();
+    for text in L4_TEXTS {
+        let (a, b) = text.split_at(2);
+        assert_eq!(h.new_connection().expect("connection"), Action::Continue);
+        assert_eq!(
+            h.downstream_data(a.as_bytes(), false).expect("data"),
+            Action::Pause
+        );
+        h.downstream_data(b.as_bytes(), false).expect("data");
+        h.downstream_data(b"", true).expect("end of stream");
+        let to_echo = h
+            .stream()
+            .map(|s| s.downstream_forwarded.clone())
+            .unwrap_or_default();
+        h.upstream_data(&to_echo, false).expect("data");
+        h.upstream_data(b"", true).expect("end of stream");
+        ours.push(
+            String::from_utf8_lossy(
+                &h.stream()
+                    .map(|s| s.upstream_forwarded.clone())
+                    .unwrap_or_default(),
+            )
+            .into_owned(),
+        );
+        // The peer closed both sides.
+        h.connection_closed(true, 2).expect("downstream close");
+        h.connection_closed(false, 2).expect("upstream close");
+        h.end_stream().expect("end");
+    }
+
+    assert_eq!(envoy_got, ours, "the bytes the client got back");
+    assert_eq!(ours[0], "< > hello");
+    for name in [
+        "l4.connections",
+        "l4.downstream_closes",
+        "l4.upstream_closes",
+    ] {
+        assert_eq!(h.metric(name), envoy_stat(name), "{name}");
+    }
+    assert!(h.traps().is_empty(), "{:?}", h.traps());
+    let _ = std::fs::remove_dir_all(&dir);
 }
