@@ -6,8 +6,8 @@
 //! `SHADOWPLANE_BENCH_SCENARIOS=a,b` limits the run to some scenarios (each takes about three
 //! minutes per policy). `SHADOWPLANE_BENCH_POLICIES=predictive` runs only those policies and
 //! takes the others' rows from their last reports under target/bench/migration/ (marked
-//! `reused` in the table and the JSON): after a change to the model only the predictive runs
-//! change. Figures go to target/bench/migration.json.
+//! `reused` in the table and the JSON), running them only where no report is there: after a
+//! change to the model only the predictive runs change. Figures go to target/bench/migration.json.
 
 use std::path::Path;
 
@@ -69,7 +69,7 @@ pub fn run(root: &Path) -> Result<()> {
             let base = root
                 .join("target/bench/migration")
                 .join(format!("{}-{policy:?}", s.name).to_lowercase());
-            let reused = !run_policies.contains(&policy);
+            let reused = !run_policies.contains(&policy) && base.with_extension("json").is_file();
             let summary = if reused {
                 let path = base.with_extension("json");
                 let doc: serde_json::Value =
