@@ -210,8 +210,8 @@ fn guest_wat() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_and_host_runner_agree_on_a_wat_guests_headers_local_replies_callouts_and_stats() {
     let wasm = wat::parse_str(guest_wat()).expect("the guest assembles");
-    let dir = tempfile_dir();
-    let wasm_path = dir.join("guest.wasm");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let wasm_path = dir.path().join("guest.wasm");
     std::fs::write(&wasm_path, &wasm).expect("write the guest");
     let upstream = Upstream::start("upstream").await;
     let bootstrap = render(
@@ -347,13 +347,6 @@ async fn envoy_and_host_runner_agree_on_a_wat_guests_headers_local_replies_callo
     }
     assert_eq!(h.metric("wat.requests"), Some(requests as i64));
     assert!(h.traps().is_empty(), "{:?}", h.traps());
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn tempfile_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("host-runner-diff-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a temp dir");
-    dir
 }
 
 /// An L4 guest with only the imports it uses: holds each side's bytes until its end of
@@ -456,9 +449,8 @@ const L4_TEXTS: [&str; 3] = ["hello", "a second connection", "third"];
 async fn envoy_and_host_runner_agree_on_an_l4_guests_bytes_and_close_callbacks() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let wasm = wat::parse_str(L4_GUEST).expect("the guest assembles");
-    let dir = tempfile_dir().join("l4");
-    std::fs::create_dir_all(&dir).expect("a temp dir");
-    let wasm_path = dir.join("l4.wasm");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let wasm_path = dir.path().join("l4.wasm");
     std::fs::write(&wasm_path, &wasm).expect("write the guest");
     let port = echo_server().await;
     let bootstrap = render(
@@ -556,5 +548,4 @@ async fn envoy_and_host_runner_agree_on_an_l4_guests_bytes_and_close_callbacks()
         assert_eq!(h.metric(name), envoy_stat(name), "{name}");
     }
     assert!(h.traps().is_empty(), "{:?}", h.traps());
-    let _ = std::fs::remove_dir_all(&dir);
 }
