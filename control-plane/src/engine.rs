@@ -141,14 +141,18 @@ struct Models {
     error_counts: Option<(u64, u64)>,
     /// Latency sketches of the newest filter windows, newest last, for the pooled p99.
     latency_pool: VecDeque<shadowplane_wire::LatencySketch>,
+    /// The pooled distribution behind the latency model's newest point, (ms, count), empty
+    /// when that point came from Envoy's statistics.
+    latency_tail: Vec<(f64, u64)>,
 }
 
 /// Adds a window's latency sketch to `pool` and returns the p99 (ms) of the newest windows
-/// that reach [`LATENCY_POOL_REQUESTS`] together, merged.
+/// that reach [`LATENCY_POOL_REQUESTS`] together, merged, with that merged distribution as
+/// (ms, count) pairs.
 fn pooled_p99_ms(
     pool: &mut VecDeque<shadowplane_wire::LatencySketch>,
     latency: &shadowplane_wire::LatencySketch,
-) -> Option<f64> {
+) -> Option<(f64, Vec<(f64, u64)>)> {
     pool.push_back(latency.clone());
     while pool.len() > LATENCY_POOL_WINDOWS {
         pool.pop_front();
@@ -160,7 +164,11 @@ fn pooled_p99_ms(
             break;
         }
     }
-    merged.quantile(0.99).map(|us| us / 1000.0)
+    let p99 = merged.quantile(0.99)? / 1000.0;
+    Some((
+        p99,
+        merged.buckets().map(|(us, c)| (us / 1000.0, c)).collect(),
+    ))
 }
 
 /// Adds a window (requests, failed) to `pool` and returns the pooled error rate, failed over
@@ -203,6 +211,7 @@ impl Models {
             error_pool: VecDeque::new(),
             error_counts: None,
             latency_pool: VecDeque::new(),
+            latency_tail: Vec::new(),
         }
     }
 }
@@ -823,12 +832,11 @@ impl Engine {
                     None => Point::default(),
                 };
                 point.time = time;
-                point.p99_ms = match w.stats {
-                    Some(stats) => {
-                        pooled_p99_ms(&mut models.latency_pool, &stats.latency).unwrap_or(w.p99_ms)
-                    }
-                    None => w.p99_ms,
-                };
+                let pooled = w
+                    .stats
+                    .and_then(|stats| pooled_p99_ms(&mut models.latency_pool, &stats.latency));
+                let tail;
+                (point.p99_ms, tail) = pooled.unwrap_or((w.p99_ms, Vec::new()));
                 point.rps = w.requests as f64 / secs;
                 point.mirrored = w.stats.is_none();
                 if let Some(stats) = w.stats {
@@ -838,7 +846,10 @@ impl Engine {
                         (stats.upstream_resets + stats.local_resets) as f64 / stats.requests as f64;
                 }
                 let verdict = match models.latency.update(time, point.p99_ms, &[]) {
-                    Ok(v) => v,
+                    Ok(v) => {
+                        models.latency_tail = tail;
+                        v
+                    }
                     Err(e) => {
                         tracing::debug!(group = %name, "latency model: {e}");
                         continue;
@@ -931,6 +942,8 @@ impl Engine {
                         error_rate: &models.errors,
                         cost_per_hour: models.cost.as_ref().map(CostModel::per_hour),
                         error_counts: models.error_counts,
+                        p99_tail: (!models.latency_tail.is_empty())
+                            .then_some(models.latency_tail.as_slice()),
                     };
                     let forecast = forecast_json(models, m);
                     match models.trigger.check(time, &group) {
@@ -1399,16 +1412,19 @@ mod tests {
         for _ in 0..3 {
             pooled_p99_ms(&mut pool, &sketch(50, 10.0));
         }
-        let p = pooled_p99_ms(&mut pool, &sketch(50, 80.0)).unwrap();
+        let p = pooled_p99_ms(&mut pool, &sketch(50, 80.0)).unwrap().0;
         assert!((p - 80.0).abs() < 1.0, "{p}");
         let mut fast_tail = sketch(49, 10.0);
         fast_tail.add(500_000.0);
-        let p = pooled_p99_ms(&mut pool, &fast_tail).unwrap();
+        let (p, tail) = pooled_p99_ms(&mut pool, &fast_tail).unwrap();
+        // The merged distribution goes with it, for the trigger to weigh the point.
+        assert_eq!(tail.iter().map(|(_, c)| c).sum::<u64>(), 200);
+        assert_eq!(tail.iter().filter(|(ms, _)| *ms > 400.0).count(), 1);
         // 200 requests: 150 at 10 ms (three windows ago dropped), 50 at 80, one at 500: the
         // p99 is one of the 80 ms ones, not the outlier.
         assert!((p - 80.0).abs() < 1.0, "{p}");
         // A window with enough requests alone is its own p99.
-        let p = pooled_p99_ms(&mut pool, &sketch(300, 20.0)).unwrap();
+        let p = pooled_p99_ms(&mut pool, &sketch(300, 20.0)).unwrap().0;
         assert!((p - 20.0).abs() < 0.3, "{p}");
     }
 

@@ -122,6 +122,21 @@ pub struct GroupForecasts<'a> {
     /// The failed and total requests the error rate's newest point was measured on, when
     /// known: the point is then weighed as the estimate it is.
     pub error_counts: Option<(u64, u64)>,
+    /// The latency distribution the p99's newest point was read from, as (value in ms,
+    /// count) pairs, when known: the point is then weighed by how many requests were slower
+    /// than a level, as the estimate it is, instead of being believed.
+    pub p99_tail: Option<&'a [(f64, u64)]>,
+}
+
+/// What the newest point of a metric was measured on.
+#[derive(Debug, Clone, Copy)]
+enum Measured<'a> {
+    /// Nothing known: the point is taken as certain.
+    Certain,
+    /// A rate over this many trials.
+    Rate(u64),
+    /// The 99th percentile of this distribution, (value, count) pairs.
+    P99(&'a [(f64, u64)]),
 }
 
 /// The metric a decision is about.
@@ -211,17 +226,25 @@ impl Trigger {
     pub fn check(&mut self, now: Time, group: &GroupForecasts<'_>) -> Result<Decision> {
         let p = self.policy.get().clone();
         let mut risks = vec![
-            risk(Metric::P99Latency, group.p99_ms, p.slo_p99_ms, None, &p)?,
+            risk(
+                Metric::P99Latency,
+                group.p99_ms,
+                p.slo_p99_ms,
+                group.p99_tail.map_or(Measured::Certain, Measured::P99),
+                &p,
+            )?,
             risk(
                 Metric::ErrorRate,
                 group.error_rate,
                 p.slo_error_rate,
-                group.error_counts,
+                group
+                    .error_counts
+                    .map_or(Measured::Certain, |(_, n)| Measured::Rate(n)),
                 &p,
             )?,
         ];
         if let (Some(f), Some(budget)) = (group.cost_per_hour, p.cost_budget_per_hour) {
-            risks.push(risk(Metric::Cost, f, budget, None, &p)?);
+            risks.push(risk(Metric::Cost, f, budget, Measured::Certain, &p)?);
         }
         let worst = risks
             .iter()
@@ -335,12 +358,12 @@ impl Trigger {
 }
 
 /// The probabilities of `f`'s metric exceeding `enter x limit` and `exit x limit`, now or
-/// within the horizon. `counts` (failed, requests) qualify the newest point of a rate.
+/// within the horizon. `measured` qualifies the newest point.
 fn risk(
     metric: Metric,
     f: &Forecaster,
     limit: f64,
-    counts: Option<(u64, u64)>,
+    measured: Measured<'_>,
     p: &Policy,
 ) -> Result<Risk> {
     let (enter_level, exit_level) = (p.enter * limit, p.exit * limit);
@@ -355,8 +378,23 @@ fn risk(
     };
     if let Some((t, v)) = f.last() {
         r.peak = v;
-        let now = |level: f64| match counts {
-            Some((_, n)) if n > 0 => rate_above(v, n, level),
+        let now = |level: f64| match measured {
+            Measured::Rate(n) if n > 0 => rate_above(v, n, level),
+            Measured::P99(tail) => {
+                // The true p99 is above `level` exactly when more than 1% of requests are:
+                // a rate, weighed like one.
+                let n: u64 = tail.iter().map(|(_, c)| c).sum();
+                let slower: u64 = tail
+                    .iter()
+                    .filter(|(x, _)| *x >= level)
+                    .map(|(_, c)| c)
+                    .sum();
+                if n == 0 {
+                    f64::from(u8::from(v >= level))
+                } else {
+                    rate_above(slower as f64 / n as f64, n, 0.01)
+                }
+            }
             _ => f64::from(u8::from(v >= level)),
         };
         r.enter = now(enter_level);
@@ -456,6 +494,7 @@ mod tests {
                 error_rate: &self.errors,
                 cost_per_hour: None,
                 error_counts: None,
+                p99_tail: None,
             };
             trigger.check(self.t - 60, &g).unwrap()
         }
@@ -493,6 +532,7 @@ mod tests {
                         error_rate: &errors,
                         cost_per_hour: None,
                         error_counts: counts,
+                        p99_tail: None,
                     },
                 )
                 .unwrap();
@@ -506,6 +546,45 @@ mod tests {
         assert!(severity < 0.8, "{severity}");
         // The same rate on 200,000 requests is well measured: it migrates.
         assert_eq!(decide(Some((1900, 200_000))).0, Action::Migrate);
+    }
+
+    #[test]
+    fn one_slow_window_is_weighed_by_its_requests_not_believed() {
+        let policy = Policy {
+            slo_p99_ms: 250.0,
+            ..Policy::default()
+        };
+        let mut g = Group::new();
+        for i in 0..200 {
+            g.push(100.0 + 10.0 * noise(i));
+        }
+        // The newest pooled p99 came out at 300 ms: 3 slow requests in 300.
+        g.push(300.0);
+        let one_slow = [(100.0, 297), (300.0, 3)];
+        let most_slow = [(100.0, 100), (300.0, 200)];
+        let decide = |tail: Option<&[(f64, u64)]>| {
+            let mut trigger = Trigger::new(policy.clone().check().unwrap());
+            let d = trigger
+                .check(
+                    g.t - 60,
+                    &GroupForecasts {
+                        p99_ms: &g.p99,
+                        error_rate: &g.errors,
+                        cost_per_hour: None,
+                        error_counts: None,
+                        p99_tail: tail,
+                    },
+                )
+                .unwrap();
+            (d.action, d.severity)
+        };
+        // Without the distribution the point is taken as certain.
+        assert_eq!(decide(None).0, Action::Migrate);
+        // 1% of 300 requests slower than the SLO: as likely under it as over.
+        let (action, severity) = decide(Some(&one_slow));
+        assert_eq!(action, Action::Stay, "severity {severity}");
+        // Most requests slower: certain.
+        assert_eq!(decide(Some(&most_slow)).0, Action::Migrate);
     }
 
     #[test]
@@ -594,6 +673,7 @@ mod tests {
                     error_rate: &g.errors,
                     cost_per_hour: Some(&cost),
                     error_counts: None,
+                    p99_tail: None,
                 },
             )
             .unwrap();
