@@ -694,6 +694,28 @@ fn error_rate(r: &[Request]) -> f64 {
     r.iter().filter(|r| failed(r)).count() as f64 / r.len() as f64
 }
 
+/// What the groups running at `t` cost per hour by the scenario's prices: every group the
+/// control plane reports (primary, shadow, the old primary on standby), at its recorded
+/// instance type and count, whatever share of traffic it serves (an idle group still runs).
+/// Before the control plane reports its groups, the scenario's two starting fleets.
+fn fleet_cost_per_hour(s: &Scenario, view: &Value, t: f64) -> Option<f64> {
+    let reported = view["groups"].as_array().filter(|g| !g.is_empty());
+    match reported {
+        Some(groups) => groups
+            .iter()
+            .map(|g| {
+                let c = &g["config"];
+                let price = s.price_at(c["instance_type"].as_str()?, t)?;
+                Some(price * c["instances"].as_f64()?)
+            })
+            .sum(),
+        None => [&s.primary, &s.shadow]
+            .iter()
+            .map(|g| s.cost_per_hour(g, t))
+            .sum(),
+    }
+}
+
 fn make_tick(s: &Scenario, view: &Value, window: &[Request], t: f64, wall_s: f64) -> Tick {
     let primary = view["primary"].as_str().unwrap_or_default().to_string();
     let pg = view["groups"]
@@ -707,13 +729,7 @@ fn make_tick(s: &Scenario, view: &Value, window: &[Request], t: f64, wall_s: f64
         _ => None,
     };
     let shadow_percent = view["weights"]["shadow"].as_f64().unwrap_or(0.0);
-    // Cost: each group's fleet by the scenario's prices, weighted by the share it serves
-    // (an idle group still costs: it runs).
-    let cost = [&s.primary, &s.shadow]
-        .iter()
-        .map(|g| s.cost_per_hour(g, t))
-        .collect::<Option<Vec<f64>>>()
-        .map(|v| v.iter().sum());
+    let cost = fleet_cost_per_hour(s, view, t);
     let causes = view["anomalies"]
         .as_array()
         .and_then(|a| a.last())
@@ -777,6 +793,29 @@ mod tests {
             upstream: "/x/example-upstream".into(),
             wasm: "/x/f.wasm".into(),
         }
+    }
+
+    #[test]
+    fn the_cost_is_that_of_the_groups_the_control_plane_runs() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scenarios");
+        let all = scenario::load_dir(&dir).unwrap();
+        let s = all.iter().find(|s| s.name == "price-rise").unwrap();
+        let group = |ty: &str, n: u32| json!({"config": {"instance_type": ty, "instances": n}});
+        let at = |t: f64| {
+            s.cost_per_hour(&s.primary, t).unwrap() + s.cost_per_hour(&s.shadow, t).unwrap()
+        };
+        // No groups reported yet: the scenario's two starting fleets.
+        assert_eq!(fleet_cost_per_hour(s, &json!({}), 1300.0), Some(at(1300.0)));
+        // After the swap to the cheaper variant: two standard groups and the old spot primary
+        // on standby, at the prices of the time.
+        let view = json!({"groups": [group("standard", 1), group("standard", 1), group("spot-standard", 1)]});
+        let standard = s.price_at("standard", 2500.0).unwrap();
+        let spot = s.price_at("spot-standard", 2500.0).unwrap();
+        let cost = fleet_cost_per_hour(s, &view, 2500.0).unwrap();
+        assert!((cost - (2.0 * standard + spot)).abs() < 1e-9, "{cost}");
+        // A type without a price gives no figure rather than a wrong one.
+        let unknown = json!({"groups": [group("gpu", 1)]});
+        assert_eq!(fleet_cost_per_hour(s, &unknown, 2500.0), None);
     }
 
     #[test]
