@@ -1,8 +1,8 @@
 //! Forecasts of one metric series with calibrated intervals, updated online.
 //!
 //! A [`Forecaster`] runs every candidate model side by side: seasonal-naive over a day, naive
-//! (the last value), Holt-Winters and a regression on lags, seasonal terms and exogenous system
-//! metrics. Every `refit_every` points it refits them on the newest `window` points; that
+//! (the last value), Holt-Winters, a regression on lags, seasonal terms and exogenous system
+//! metrics, and (when named) a local trend line through the newest points. Every `refit_every` points it refits them on the newest `window` points; that
 //! instant is a *rolling origin*: the errors of each model over the following block are
 //! out-of-sample, and the model with the lowest mean absolute error (one step ahead, or over
 //! horizons 1 to `select_horizon`) over the last `validation_blocks` blocks is the one used. Each model's out-of-sample errors at every
@@ -14,6 +14,7 @@
 //! per regression candidate and a small grid search for Holt-Winters.
 
 pub mod holt_winters;
+pub mod local_trend;
 pub mod regression;
 pub mod seasonal_naive;
 
@@ -22,6 +23,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use self::holt_winters::HoltWinters;
+use self::local_trend::LocalTrend;
 use self::regression::Regression;
 use self::seasonal_naive::SeasonalNaive;
 use crate::series::Cadence;
@@ -41,6 +43,9 @@ pub enum ModelKind {
     /// Least squares on lags, the daily lag, daily and weekly Fourier terms and the exogenous
     /// metrics of the previous point.
     Regression,
+    /// A robust (Theil-Sen) line through the newest `trend_span` points, extrapolated: it
+    /// follows a creep from its start. Not among the default candidates.
+    LocalTrend,
 }
 
 impl ModelKind {
@@ -51,6 +56,7 @@ impl ModelKind {
             ModelKind::Naive => "naive",
             ModelKind::HoltWinters => "holt_winters",
             ModelKind::Regression => "regression",
+            ModelKind::LocalTrend => "local_trend",
         }
     }
 }
@@ -82,7 +88,7 @@ pub struct ForecasterParams {
     pub weekly_harmonics: usize,
     /// Ridge penalty on the standardised regression features. Default 1.0.
     pub ridge: f64,
-    /// The candidate models. Default all four.
+    /// The candidate models. Default seasonal-naive, naive, Holt-Winters and regression.
     pub candidates: Vec<ModelKind>,
     /// Keep every forecast after the first step within twice the recent range beyond the
     /// recent extremes. A regression whose lag coefficients are explosive grows geometrically
@@ -97,6 +103,8 @@ pub struct ForecasterParams {
     /// good next point but a poor forecast twelve points out. Holt-Winters' smoothing weights
     /// are fitted over the same horizons. 1 to `max_horizon`. Default (`None`): 1.
     pub select_horizon: Option<usize>,
+    /// Newest points the local trend's line goes through (3 to `window`). Default 24.
+    pub trend_span: usize,
 }
 
 impl Default for ForecasterParams {
@@ -121,6 +129,7 @@ impl Default for ForecasterParams {
             ],
             bound_horizon: false,
             select_horizon: None,
+            trend_span: 24,
         }
     }
 }
@@ -149,6 +158,9 @@ impl ForecasterParams {
                 format!("must be 1 to max_horizon ({}), got {h}", p.max_horizon)
             })?;
         }
+        ensure((3..=p.window).contains(&p.trend_span), "trend_span", || {
+            format!("must be 3 to window ({}), got {}", p.window, p.trend_span)
+        })?;
         ensure(p.min_calibration >= 1, "min_calibration", || {
             "must be at least 1".into()
         })?;
@@ -249,6 +261,7 @@ enum State {
     SeasonalNaive(SeasonalNaive),
     HoltWinters(HoltWinters),
     Regression(Option<Regression>),
+    LocalTrend(LocalTrend),
 }
 
 /// One candidate model, its issued forecasts and its out-of-sample errors.
@@ -302,6 +315,7 @@ impl Forecaster {
                     }
                     ModelKind::HoltWinters => State::HoltWinters(HoltWinters::new(1)),
                     ModelKind::Regression => State::Regression(None),
+                    ModelKind::LocalTrend => State::LocalTrend(LocalTrend::new(p.trend_span)),
                 },
                 ok: false,
                 issued: VecDeque::with_capacity(p.max_horizon),
@@ -683,6 +697,8 @@ impl Forecaster {
                     hw.fit_for(values, day, p.select_horizon.unwrap_or(1));
                     hw.is_fitted()
                 }
+                // Nothing to fit: the line is drawn through the newest points at each forecast.
+                (State::LocalTrend(lt), _) => lt.span() <= end,
                 (State::Regression(r), _) => {
                     *r = Regression::fit(
                         times,
@@ -750,6 +766,7 @@ impl Forecaster {
                     r.forecast(values, last_exog, &self.scratch_times, &mut out)
                 }
                 State::Regression(None) => {}
+                State::LocalTrend(lt) => lt.forecast(values, &mut out),
             }
             if let Some((floor, ceiling)) = bound {
                 for v in out.iter_mut().skip(1) {
