@@ -281,7 +281,9 @@ services:
         calibration_window: 200
         daily_harmonics: 0
         weekly_harmonics: 0
-        candidates: [holt_winters]
+        # Holt-Winters for the steady service, a robust line through the newest 24 windows
+        # for a creep: Holt-Winters' trend, fitted while the service was flat, stays flat.
+        candidates: [holt_winters, local_trend]
       tick_ms: 250
 ",
         wasm = yaml(&p.wasm.display().to_string()),
