@@ -115,6 +115,11 @@ impl ValidPolicy {
 pub struct GroupForecasts<'a> {
     /// p99 latency in milliseconds.
     pub p99_ms: &'a Forecaster,
+    /// A second p99 forecaster, when the caller keeps one chosen on its errors over the
+    /// horizon while `p99_ms` is chosen on the next point: each is right where the other is
+    /// late (one step follows a creep's start sooner; the horizon scores the model that
+    /// extrapolates it), so the graver of the two risks counts.
+    pub p99_over_horizon: Option<&'a Forecaster>,
     /// Error rate as a fraction of requests.
     pub error_rate: &'a Forecaster,
     /// Cost per hour, when the policy has a budget.
@@ -199,6 +204,23 @@ struct Risk {
     peak: f64,
 }
 
+impl Risk {
+    /// The graver of two risks of one metric, field by field.
+    fn graver(self, other: Risk) -> Risk {
+        Risk {
+            enter: self.enter.max(other.enter),
+            exit: self.exit.max(other.exit),
+            breach_at: match (self.breach_at, other.breach_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            forecast_ready: self.forecast_ready && other.forecast_ready,
+            peak: self.peak.max(other.peak),
+            ..self
+        }
+    }
+}
+
 /// The predictive trigger for one group: the policy and the last decision.
 #[derive(Debug, Clone)]
 pub struct Trigger {
@@ -225,14 +247,13 @@ impl Trigger {
     /// Decides at `now` from the group's forecasters.
     pub fn check(&mut self, now: Time, group: &GroupForecasts<'_>) -> Result<Decision> {
         let p = self.policy.get().clone();
+        let tail = group.p99_tail.map_or(Measured::Certain, Measured::P99);
+        let mut p99 = risk(Metric::P99Latency, group.p99_ms, p.slo_p99_ms, tail, &p)?;
+        if let Some(f) = group.p99_over_horizon {
+            p99 = p99.graver(risk(Metric::P99Latency, f, p.slo_p99_ms, tail, &p)?);
+        }
         let mut risks = vec![
-            risk(
-                Metric::P99Latency,
-                group.p99_ms,
-                p.slo_p99_ms,
-                group.p99_tail.map_or(Measured::Certain, Measured::P99),
-                &p,
-            )?,
+            p99,
             risk(
                 Metric::ErrorRate,
                 group.error_rate,
@@ -491,6 +512,7 @@ mod tests {
         fn check(&self, trigger: &mut Trigger) -> Decision {
             let g = GroupForecasts {
                 p99_ms: &self.p99,
+                p99_over_horizon: None,
                 error_rate: &self.errors,
                 cost_per_hour: None,
                 error_counts: None,
@@ -529,6 +551,7 @@ mod tests {
                     199 * 60,
                     &GroupForecasts {
                         p99_ms: &g.p99,
+                        p99_over_horizon: None,
                         error_rate: &errors,
                         cost_per_hour: None,
                         error_counts: counts,
@@ -569,6 +592,7 @@ mod tests {
                     g.t - 60,
                     &GroupForecasts {
                         p99_ms: &g.p99,
+                        p99_over_horizon: None,
                         error_rate: &g.errors,
                         cost_per_hour: None,
                         error_counts: None,
@@ -670,6 +694,7 @@ mod tests {
                 g.t - 60,
                 &GroupForecasts {
                     p99_ms: &g.p99,
+                    p99_over_horizon: None,
                     error_rate: &g.errors,
                     cost_per_hour: Some(&cost),
                     error_counts: None,
