@@ -124,7 +124,13 @@ struct Point {
 
 /// A group's models, fed from its telemetry windows.
 struct Models {
+    /// The anomaly detector; its forecaster (chosen on the next point) is also the trigger's
+    /// first p99 forecast.
     latency: Detector,
+    /// The trigger's second p99 forecast, chosen (and Holt-Winters fitted) on its errors over
+    /// `model.select_horizon`: on a creep under noise it scores the model that extrapolates,
+    /// where the one-step choice keeps the one that tracks the noise. The graver counts.
+    p99: Forecaster,
     errors: Forecaster,
     cost: Option<CostModel>,
     trigger: Trigger,
@@ -201,6 +207,7 @@ impl Models {
         let cost = m.prices.clone().map(|p| CostModel::new(p, m.model.clone()));
         Models {
             latency: Detector::new(detector, 0),
+            p99: Forecaster::new(m.model.clone(), 0),
             errors: Forecaster::new(m.model.clone(), 0),
             cost,
             trigger: Trigger::new(m.trigger.clone()),
@@ -845,6 +852,9 @@ impl Engine {
                     point.resets =
                         (stats.upstream_resets + stats.local_resets) as f64 / stats.requests as f64;
                 }
+                if let Err(e) = models.p99.update(time, point.p99_ms, &[]) {
+                    tracing::debug!(group = %name, "p99 forecaster: {e}");
+                }
                 let verdict = match models.latency.update(time, point.p99_ms, &[]) {
                     Ok(v) => {
                         models.latency_tail = tail;
@@ -939,6 +949,7 @@ impl Engine {
                     let time = (now / 1000) as i64;
                     let group = GroupForecasts {
                         p99_ms: models.latency.forecaster(),
+                        p99_over_horizon: Some(&models.p99),
                         error_rate: &models.errors,
                         cost_per_hour: models.cost.as_ref().map(CostModel::per_hour),
                         error_counts: models.error_counts,
@@ -1211,6 +1222,9 @@ fn forecast_json(models: &Models, m: &Managed) -> Value {
     };
     json!({
         "p99_ms": one(models.latency.forecaster()),
+        // The same, from the forecaster chosen over the trigger's horizon (the trigger takes
+        // the graver of the two).
+        "p99_ms_over_horizon": one(&models.p99),
         "error_rate": one(&models.errors),
         "cost_per_hour": models.cost.as_ref().map(|c| one(c.per_hour())),
         "last_p99_ms": models.recent.back().map(|p| round3(p.p99_ms)),
