@@ -110,6 +110,9 @@ services:
         calibration_window: 200
         daily_harmonics: 0
         weekly_harmonics: 0
+        # The demo's latency candidates: of the four defaults, which one the one-step choice
+        # keeps on a 35-window creep varied from run to run (decisions at 31 to 55 ms).
+        candidates: [holt_winters, local_trend]
       tick_ms: 250
 ",
         wasm = k.wasm.clone().unwrap_or_else(filter_wasm).display(),
