@@ -316,13 +316,14 @@ fn route_config(
             ..Default::default()
         });
     }
-    // With the filter loaded, the route tells it which cluster served each request; the filter
-    // reads and removes the header (cheaper for Envoy than the `xds.cluster_name` attribute).
+    // With the filter loaded, the route tells it which cluster served each request and the
+    // response code; the filter reads and removes the header (cheaper for Envoy than the
+    // `xds.cluster_name` attribute and a `:status` lookup).
     let response_headers_to_add = if filter {
         vec![HeaderValueOption {
             header: Some(HeaderValue {
                 key: UPSTREAM_HEADER.to_string(),
-                value: "%UPSTREAM_CLUSTER%".to_string(),
+                value: "%UPSTREAM_CLUSTER% %RESPONSE_CODE%".to_string(),
                 ..Default::default()
             }),
             append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,

@@ -19,7 +19,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 use shadowplane_wire::{RoutingMode, SessionKey, ValidConfig, ValidTelemetry};
 
-use crate::routing::{Router, cookie_value};
+use crate::routing::{Router, cookie_value, parse_stamp};
 use crate::telemetry::{
     DeliveryStats, OVERFLOW_CLUSTER, Outgoing, RequestRecord, Settings, Telemetry,
 };
@@ -67,7 +67,7 @@ fn property(path: &[&str]) -> Option<Vec<u8>> {
     hostcalls::get_property(path.to_vec()).ok().flatten()
 }
 
-/// The response header the route stamps with `%UPSTREAM_CLUSTER%` (see
+/// The response header the route stamps with `%UPSTREAM_CLUSTER% %RESPONSE_CODE%` (see
 /// envoy-config/filter-static/routes.yaml); read and removed in `on_http_response_headers`.
 const UPSTREAM_HEADER: &str = "x-shadowplane-upstream";
 
@@ -411,7 +411,8 @@ impl RootContext for Root {
 struct Stream {
     config: Rc<(ValidConfig, Router)>,
     start_ns: Option<u64>,
-    /// `:status` of the response headers Envoy sent downstream (upstream's or a local reply).
+    /// The response code: from the route's stamp, else `:status` of the response headers Envoy
+    /// sent downstream (a local reply's too).
     status: Option<u32>,
     /// The cluster Envoy routed to, as the route stamped it on the response.
     cluster: Option<String>,
@@ -466,25 +467,28 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        self.status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| s.parse::<u32>().ok())
-            .filter(|c| *c > 0);
-        // The route stamps the cluster it used on the response (`%UPSTREAM_CLUSTER%`): two
-        // header-map lookups and a removal cost Envoy less than the `response.code` and
-        // `xds.cluster_name` attributes, each an arena and an expression evaluation. Without
-        // the stamp (a route that does not set it), `on_log` falls back to the attribute.
+        // The route stamps the cluster it used and the response code on the response
+        // (`%UPSTREAM_CLUSTER% %RESPONSE_CODE%`): one header-map lookup and a removal cost
+        // Envoy less than the `xds.cluster_name` attribute (an arena and an expression
+        // evaluation) and a second lookup for `:status`, each of which also calls into the VM
+        // to allocate the answer. Without the stamp (a route that does not set it), `on_log`
+        // falls back to the attribute; without a code in it (a local reply), `:status` is read.
         let stamped = hostcalls::get_map_value(MapType::HttpResponseHeaders, UPSTREAM_HEADER)
             .ok()
             .flatten();
-        if let Some(c) = stamped {
+        if let Some(stamp) = stamped {
             // Clients never see it.
             let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, UPSTREAM_HEADER, None);
-            // Envoy writes "-" when no cluster was chosen.
-            if !c.is_empty() && c != "-" {
-                self.cluster = Some(c);
-            }
+            let (cluster, code) = parse_stamp(&stamp);
+            self.cluster = cluster.map(str::to_string);
+            self.status = code;
+        }
+        if self.status.is_none() {
+            self.status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
+                .ok()
+                .flatten()
+                .and_then(|s| s.parse::<u32>().ok())
+                .filter(|c| *c > 0);
         }
         Action::Continue
     }

@@ -104,9 +104,42 @@ pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// Reads the route's response stamp, `%UPSTREAM_CLUSTER% %RESPONSE_CODE%`: the cluster that
+/// served the request (`None` when Envoy chose none, written `-`) and the response code
+/// (`None` when the stamp has none, or 0: a local reply, whose code Envoy sets only after the
+/// route's headers; the caller reads `:status` then). A stamp of the cluster alone, as older
+/// route configurations write it, gives the cluster.
+pub fn parse_stamp(stamp: &str) -> (Option<&str>, Option<u32>) {
+    let (cluster, code) = match stamp.rsplit_once(' ') {
+        Some((cluster, code)) => match code.parse::<u32>() {
+            Ok(code) => (cluster, (code > 0).then_some(code)),
+            Err(_) => (stamp, None),
+        },
+        None => (stamp, None),
+    };
+    let cluster = cluster.trim();
+    let cluster = (!cluster.is_empty() && cluster != "-").then_some(cluster);
+    (cluster, code)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stamp_gives_the_cluster_and_the_code() {
+        assert_eq!(parse_stamp("primary 200"), (Some("primary"), Some(200)));
+        assert_eq!(parse_stamp("shadow 503"), (Some("shadow"), Some(503)));
+        // A local reply (upstream connect failure): the code is not known yet.
+        assert_eq!(parse_stamp("primary 0"), (Some("primary"), None));
+        // No cluster chosen.
+        assert_eq!(parse_stamp("- 404"), (None, Some(404)));
+        assert_eq!(parse_stamp("-"), (None, None));
+        assert_eq!(parse_stamp(""), (None, None));
+        // The cluster alone, as older route configurations stamp it.
+        assert_eq!(parse_stamp("blue"), (Some("blue"), None));
+        assert_eq!(parse_stamp("a b"), (Some("a b"), None));
+    }
 
     fn router(weights: &[(&str, u32)], mode: RoutingMode) -> Router {
         let groups: Vec<_> = weights

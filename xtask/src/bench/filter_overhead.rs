@@ -107,7 +107,7 @@ const FILTER_CONFIG: &str = concat!(
 /// The route-level response header that tells the shadowplane filter which cluster served a
 /// request, as envoy-config/filter-static/routes.yaml and `shadowplane serve` set it.
 const ROUTE_STAMP: &str = r#"            response_headers_to_add:
-            - header: { key: x-shadowplane-upstream, value: "%UPSTREAM_CLUSTER%" }
+            - header: { key: x-shadowplane-upstream, value: "%UPSTREAM_CLUSTER% %RESPONSE_CODE%" }
               append_action: OVERWRITE_IF_EXISTS_OR_ADD"#;
 
 /// The upstream: answers every request itself, with a small body.
