@@ -2,8 +2,9 @@
 //!
 //! A [`Forecaster`] runs every candidate model side by side: seasonal-naive over a day, naive
 //! (the last value), Holt-Winters, a regression on lags, seasonal terms and exogenous system
-//! metrics, and (when named) a local trend line through the newest points. Every `refit_every` points it refits them on the newest `window` points; that
-//! instant is a *rolling origin*: the errors of each model over the following block are
+//! metrics, and (when named) a local trend line through the newest points. Every
+//! `refit_every` points it refits them on the newest `window` points; that instant is a
+//! *rolling origin*: the errors of each model over the following block are
 //! out-of-sample, and the model with the lowest mean absolute error (one step ahead, or over
 //! horizons 1 to `select_horizon`) over the last `validation_blocks` blocks is the one used. Each model's out-of-sample errors at every
 //! horizon also calibrate its intervals: the half-width at confidence `c` is the `c` quantile

@@ -399,22 +399,19 @@ fn risk(
     };
     if let Some((t, v)) = f.last() {
         r.peak = v;
+        let requests = |tail: &[(f64, u64)]| tail.iter().map(|(_, c)| c).sum::<u64>();
         let now = |level: f64| match measured {
             Measured::Rate(n) if n > 0 => rate_above(v, n, level),
-            Measured::P99(tail) => {
-                // The true p99 is above `level` exactly when more than 1% of requests are:
-                // a rate, weighed like one.
-                let n: u64 = tail.iter().map(|(_, c)| c).sum();
+            // The true p99 is above `level` exactly when more than 1% of requests are: a
+            // rate, weighed like one.
+            Measured::P99(tail) if requests(tail) > 0 => {
                 let slower: u64 = tail
                     .iter()
                     .filter(|(x, _)| *x >= level)
                     .map(|(_, c)| c)
                     .sum();
-                if n == 0 {
-                    f64::from(u8::from(v >= level))
-                } else {
-                    rate_above(slower as f64 / n as f64, n, 0.01)
-                }
+                let n = requests(tail);
+                rate_above(slower as f64 / n as f64, n, 0.01)
             }
             _ => f64::from(u8::from(v >= level)),
         };
@@ -509,17 +506,26 @@ mod tests {
             self.t += 60;
             self.i += 1;
         }
-        fn check(&self, trigger: &mut Trigger) -> Decision {
-            let g = GroupForecasts {
+        fn forecasts(&self) -> GroupForecasts<'_> {
+            GroupForecasts {
                 p99_ms: &self.p99,
                 p99_over_horizon: None,
                 error_rate: &self.errors,
                 cost_per_hour: None,
                 error_counts: None,
                 p99_tail: None,
-            };
-            trigger.check(self.t - 60, &g).unwrap()
+            }
         }
+        fn check(&self, trigger: &mut Trigger) -> Decision {
+            trigger.check(self.t - 60, &self.forecasts()).unwrap()
+        }
+    }
+
+    /// The action and severity of a new trigger's first check.
+    fn first_check(policy: &Policy, now: Time, group: &GroupForecasts<'_>) -> (Action, f64) {
+        let mut trigger = Trigger::new(policy.clone().check().unwrap());
+        let d = trigger.check(now, group).unwrap();
+        (d.action, d.severity)
     }
 
     #[test]
@@ -545,21 +551,12 @@ mod tests {
             errors.update(i as Time * 60, v, &[]).unwrap();
         }
         let decide = |counts: Option<(u64, u64)>| {
-            let mut trigger = Trigger::new(policy.clone().check().unwrap());
-            let d = trigger
-                .check(
-                    199 * 60,
-                    &GroupForecasts {
-                        p99_ms: &g.p99,
-                        p99_over_horizon: None,
-                        error_rate: &errors,
-                        cost_per_hour: None,
-                        error_counts: counts,
-                        p99_tail: None,
-                    },
-                )
-                .unwrap();
-            (d.action, d.severity)
+            let group = GroupForecasts {
+                error_rate: &errors,
+                error_counts: counts,
+                ..g.forecasts()
+            };
+            first_check(&policy, 199 * 60, &group)
         };
         // Without counts the point is taken as certain (0.95% >= 0.9%).
         assert_eq!(decide(None).0, Action::Migrate);
@@ -586,21 +583,11 @@ mod tests {
         let one_slow = [(100.0, 297), (300.0, 3)];
         let most_slow = [(100.0, 100), (300.0, 200)];
         let decide = |tail: Option<&[(f64, u64)]>| {
-            let mut trigger = Trigger::new(policy.clone().check().unwrap());
-            let d = trigger
-                .check(
-                    g.t - 60,
-                    &GroupForecasts {
-                        p99_ms: &g.p99,
-                        p99_over_horizon: None,
-                        error_rate: &g.errors,
-                        cost_per_hour: None,
-                        error_counts: None,
-                        p99_tail: tail,
-                    },
-                )
-                .unwrap();
-            (d.action, d.severity)
+            let group = GroupForecasts {
+                p99_tail: tail,
+                ..g.forecasts()
+            };
+            first_check(&policy, g.t - 60, &group)
         };
         // Without the distribution the point is taken as certain.
         assert_eq!(decide(None).0, Action::Migrate);

@@ -52,8 +52,9 @@ impl LocalTrend {
         self.scratch
             .extend(recent.iter().enumerate().map(|(i, y)| y - slope * i as f64));
         let intercept = median(&mut self.scratch);
+        // Point k (from 0) of `out` lies k + 1 after the newest, which is at m - 1.
         for (k, o) in out.iter_mut().enumerate() {
-            *o = intercept + slope * (m - 1 + k + 1) as f64;
+            *o = intercept + slope * (m + k) as f64;
         }
     }
 }
