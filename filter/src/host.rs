@@ -88,7 +88,8 @@ struct Metrics {
     reports_failed: Option<u32>,
     reports_dropped: Option<u32>,
     reports_buffered: Option<u32>,
-    groups: HashMap<String, GroupMetrics>,
+    /// By group name, in order of first request; at most `max_clusters` and the overflow group.
+    groups: Vec<(String, GroupMetrics)>,
     last: DeliveryStats,
 }
 
@@ -135,27 +136,42 @@ impl Metrics {
         self.reports_buffered = define(MetricType::Gauge, "shadowplane.reports_buffered");
     }
 
-    fn request(&mut self, r: &RequestRecord, cap: usize) {
-        let name = r.cluster.as_deref().unwrap_or(crate::telemetry::NO_CLUSTER);
-        let name = if self.groups.contains_key(name) || self.groups.len() < cap {
+    /// The index of `name`'s metrics, defined on its first request; past `cap` groups, the
+    /// overflow group's. A scan over a handful of groups costs less per request than hashing
+    /// the name.
+    fn slot(&mut self, name: &str, cap: usize) -> usize {
+        let find = |groups: &[(String, GroupMetrics)], name: &str| {
+            groups.iter().position(|(n, _)| n == name)
+        };
+        if let Some(at) = find(&self.groups, name) {
+            return at;
+        }
+        let name = if self.groups.len() < cap {
             name
         } else {
             OVERFLOW_CLUSTER
         };
-        if !self.groups.contains_key(name) {
-            let p = format!("shadowplane.group.{}", stat_safe(name));
-            self.groups.insert(
-                name.to_string(),
-                GroupMetrics {
-                    rq_total: define(MetricType::Counter, &format!("{p}.rq_total")),
-                    rq_error: define(MetricType::Counter, &format!("{p}.rq_error")),
-                    rq_time_ms: define(MetricType::Histogram, &format!("{p}.rq_time_ms")),
-                    pending_total: 0,
-                    pending_error: 0,
-                },
-            );
+        if let Some(at) = find(&self.groups, name) {
+            return at;
         }
-        let Some(g) = self.groups.get_mut(name) else {
+        let p = format!("shadowplane.group.{}", stat_safe(name));
+        self.groups.push((
+            name.to_string(),
+            GroupMetrics {
+                rq_total: define(MetricType::Counter, &format!("{p}.rq_total")),
+                rq_error: define(MetricType::Counter, &format!("{p}.rq_error")),
+                rq_time_ms: define(MetricType::Histogram, &format!("{p}.rq_time_ms")),
+                pending_total: 0,
+                pending_error: 0,
+            },
+        ));
+        self.groups.len() - 1
+    }
+
+    fn request(&mut self, r: &RequestRecord, cap: usize) {
+        let name = r.cluster.as_deref().unwrap_or(crate::telemetry::NO_CLUSTER);
+        let at = self.slot(name, cap);
+        let Some((_, g)) = self.groups.get_mut(at) else {
             return;
         };
         g.pending_total += 1;
@@ -170,7 +186,7 @@ impl Metrics {
 
     /// Adds the counts gathered since the last tick to Envoy's counters.
     fn flush(&mut self) {
-        for g in self.groups.values_mut() {
+        for (_, g) in &mut self.groups {
             bump(g.rq_total, std::mem::take(&mut g.pending_total));
             bump(g.rq_error, std::mem::take(&mut g.pending_error));
         }
@@ -480,8 +496,17 @@ impl HttpContext for Stream {
             // Clients never see it.
             let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, UPSTREAM_HEADER, None);
             let (cluster, code) = parse_stamp(&stamp);
-            self.cluster = cluster.map(str::to_string);
+            // The cluster is the stamp's first word(s): keep the stamp's buffer rather than
+            // allocating a copy on every request. It starts at the stamp's first non-blank
+            // character, so `find` lands on it.
+            let range = cluster.and_then(|c| stamp.find(c).map(|at| at..at + c.len()));
             self.status = code;
+            self.cluster = range.map(|r| {
+                let mut stamp = stamp;
+                stamp.truncate(r.end);
+                stamp.drain(..r.start);
+                stamp
+            });
         }
         if self.status.is_none() {
             self.status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")

@@ -138,8 +138,9 @@ impl Telemetry {
             .as_deref()
             .filter(|c| !c.is_empty())
             .unwrap_or(NO_CLUSTER);
+        // The length first: it is nearly always under the cap, which saves a lookup.
         let key =
-            if self.window.contains_key(name) || self.window.len() < self.settings.max_clusters {
+            if self.window.len() < self.settings.max_clusters || self.window.contains_key(name) {
                 name
             } else {
                 OVERFLOW_CLUSTER
