@@ -147,9 +147,12 @@ fn a_broken_route_file_fails_validation() {
     let mut doc = read(&bootstrap);
     let mut read_files = BTreeSet::new();
     inline(&mut doc, &root, &mut read_files);
-    let routes = &mut doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-        ["route_config"]["virtual_hosts"][0]["routes"][1]["route"]["weighted_clusters"]["clusters"]
-        [0]["name"];
+    let split = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["route_config"]["virtual_hosts"][0]["routes"]
+        .as_sequence_mut()
+        .and_then(|routes| routes.last_mut())
+        .expect("the bootstrap has routes");
+    let routes = &mut split["route"]["weighted_clusters"]["clusters"][0]["name"];
     assert_eq!(routes.as_str(), Some("primary"));
     *routes = Value::String("no-such-cluster".into());
     let scratch = tempfile::tempdir().unwrap();

@@ -48,9 +48,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use envoy_types::pb::envoy::extensions::wasm::v3::{
     FailurePolicy, PluginConfig, VmConfig, plugin_config::Vm,
 };
-use envoy_types::pb::envoy::r#type::matcher::v3::{
-    RegexMatcher, StringMatcher, string_matcher::MatchPattern,
-};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
 use envoy_types::pb::google::protobuf::{Any, Duration, StringValue, UInt32Value};
 use envoy_types::util::pack_any;
@@ -227,7 +225,6 @@ fn route_config(
     filter: bool,
 ) -> RouteConfiguration {
     let header = shadowplane_wire::DEFAULT_ROUTE_HEADER;
-    let names: Vec<&str> = service.groups.iter().map(|g| g.name.as_str()).collect();
     // The idle group sees a share of the requests as fire-and-forget copies (Envoy request
     // mirroring): the answer of the group that serves is the one the client gets. The idle
     // group is the cold shadow, or, once the shadow takes everything, the old primary on
@@ -258,34 +255,37 @@ fn route_config(
     let mut routes = Vec::new();
     for prefix in &service.prefixes {
         if filter {
-            // The filter's choice, read from the header it sets. The regex admits only this
-            // service's groups, so a client cannot send its request to any other cluster.
-            routes.push(Route {
-                name: format!("{}-filter{}", service.name, prefix),
-                r#match: Some(RouteMatch {
-                    path_specifier: Some(PathSpecifier::Prefix(prefix.clone())),
-                    headers: vec![HeaderMatcher {
-                        name: header.to_string(),
-                        header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(
-                            StringMatcher {
-                                match_pattern: Some(MatchPattern::SafeRegex(RegexMatcher {
-                                    regex: format!("^({})$", names.join("|").replace('.', "\\.")),
+            // The filter's choice, read from the header it sets: one route per group, matched
+            // exactly, so a client cannot send its request to any other cluster. Exact matches
+            // cost Envoy less than one regex over all groups, on every request (Envoy resolves
+            // the route again once the filter has set the header).
+            for group in &service.groups {
+                routes.push(Route {
+                    name: format!("{}-filter-{}{}", service.name, group.name, prefix),
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(PathSpecifier::Prefix(prefix.clone())),
+                        headers: vec![HeaderMatcher {
+                            name: header.to_string(),
+                            header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(
+                                StringMatcher {
+                                    match_pattern: Some(MatchPattern::Exact(group.name.clone())),
                                     ..Default::default()
-                                })),
-                                ..Default::default()
-                            },
-                        )),
+                                },
+                            )),
+                            ..Default::default()
+                        }],
                         ..Default::default()
-                    }],
+                    }),
+                    action: Some(Action::Route(RouteAction {
+                        cluster_specifier: Some(ClusterSpecifier::ClusterHeader(
+                            header.to_string(),
+                        )),
+                        request_mirror_policies: mirror.clone(),
+                        ..Default::default()
+                    })),
                     ..Default::default()
-                }),
-                action: Some(Action::Route(RouteAction {
-                    cluster_specifier: Some(ClusterSpecifier::ClusterHeader(header.to_string())),
-                    request_mirror_policies: mirror.clone(),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            });
+                });
+            }
         }
         // Envoy's own split with the same weights: used when the header is absent.
         routes.push(Route {
@@ -648,7 +648,12 @@ mod tests {
             ]
         );
         let rc = route_config("ingress", &cfg.services[0], &w, true);
-        let Some(Action::Route(ra)) = &rc.virtual_hosts[0].routes[1].action else {
+        // One header route per group, then Envoy's own split.
+        let Some(Action::Route(ra)) = rc.virtual_hosts[0]
+            .routes
+            .last()
+            .and_then(|r| r.action.as_ref())
+        else {
             panic!("no route action")
         };
         let Some(ClusterSpecifier::WeightedClusters(wc)) = &ra.cluster_specifier else {
@@ -691,9 +696,10 @@ mod tests {
         };
         let shadow = vec![("checkout-green".to_string(), 2)];
         let primary = vec![("checkout-blue".to_string(), 2)];
-        assert_eq!(mirrored(&service, 0), vec![shadow.clone(), shadow]);
-        assert_eq!(mirrored(&service, 100), vec![primary.clone(), primary]);
+        // Every route mirrors alike: one per group for the filter's header, then the split.
+        assert_eq!(mirrored(&service, 0), vec![shadow; 3]);
+        assert_eq!(mirrored(&service, 100), vec![primary; 3]);
         service.mirror_percent = 0;
-        assert_eq!(mirrored(&service, 0), vec![Vec::<(String, u32)>::new(); 2]);
+        assert_eq!(mirrored(&service, 0), vec![Vec::<(String, u32)>::new(); 3]);
     }
 }

@@ -235,8 +235,12 @@ fn write_routes(dir: &Path, template: &Value, weights: &[(String, u32)]) -> anyh
             Value::Mapping(m)
         })
         .collect();
-    doc["resources"][0]["virtual_hosts"][0]["routes"][1]["route"]["weighted_clusters"]["clusters"] =
-        Value::Sequence(clusters);
+    // The split is the last route, after one header route per group.
+    let split = doc["resources"][0]["virtual_hosts"][0]["routes"]
+        .as_sequence_mut()
+        .and_then(|routes| routes.last_mut())
+        .context("routes.yaml has no routes")?;
+    split["route"]["weighted_clusters"]["clusters"] = Value::Sequence(clusters);
     replace_file(dir, "routes.yaml", &doc)
 }
 

@@ -200,7 +200,7 @@ static_resources:
                   prefix: /
                   headers:
                   - name: x-shadowplane-cluster
-                    string_match: { safe_regex: { regex: "^(upstream)$" } }
+                    string_match: { exact: upstream }
                 route: { cluster_header: x-shadowplane-cluster }
               - match: { prefix: / }
                 route:
