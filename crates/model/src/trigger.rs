@@ -399,18 +399,22 @@ fn risk(
     };
     if let Some((t, v)) = f.last() {
         r.peak = v;
-        let requests = |tail: &[(f64, u64)]| tail.iter().map(|(_, c)| c).sum::<u64>();
-        let now = |level: f64| match measured {
-            Measured::Rate(n) if n > 0 => rate_above(v, n, level),
+        // The distribution behind the p99 and its number of requests, when it has any.
+        let tail = match measured {
+            Measured::P99(tail) => Some((tail, tail.iter().map(|(_, c)| c).sum::<u64>())),
+            _ => None,
+        }
+        .filter(|(_, n)| *n > 0);
+        let now = |level: f64| match (measured, tail) {
+            (Measured::Rate(n), _) if n > 0 => rate_above(v, n, level),
             // The true p99 is above `level` exactly when more than 1% of requests are: a
             // rate, weighed like one.
-            Measured::P99(tail) if requests(tail) > 0 => {
+            (_, Some((tail, n))) => {
                 let slower: u64 = tail
                     .iter()
                     .filter(|(x, _)| *x >= level)
                     .map(|(_, c)| c)
                     .sum();
-                let n = requests(tail);
                 rate_above(slower as f64 / n as f64, n, 0.01)
             }
             _ => f64::from(u8::from(v >= level)),

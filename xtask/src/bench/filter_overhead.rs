@@ -518,31 +518,21 @@ async fn measure(oha: &Path, modules: &Modules) -> Result<(Measured, Verificatio
                     Step::Rate(rate) => Load::Rate(rate, RATE_SECS),
                     Step::Saturation => Load::Saturation,
                 };
-                let mut run = bench.load(config, kind).await?;
-                let mut attempts = 1;
                 // Other work on the shared machine shows in the tail at once (a 50 ms stall is
                 // a 5 s run's whole p99): run again, keep the quietest attempt.
-                while run.disturbance_cores > DISTURBED_CORES
-                    && attempts <= MAX_RETRIES_PER_RUN
-                    && retries_left > 0
-                {
-                    println!(
-                        "round {}/{ROUNDS} {:>10} {:<11} disturbed ({:.2} cores of other work \
-                         or steal, p99 {:.0} µs): again",
-                        round + 1,
-                        step.label(),
-                        config.name(),
-                        run.disturbance_cores,
-                        run.p99_us
-                    );
-                    retries_left -= 1;
-                    attempts += 1;
-                    let again = bench.load(config, kind).await?;
-                    if again.disturbance_cores < run.disturbance_cores {
-                        run = again;
-                    }
-                }
-                run.attempts = attempts;
+                let [run] = bench
+                    .load_together_quietly(
+                        [config],
+                        kind,
+                        &mut retries_left,
+                        &format!(
+                            "round {}/{ROUNDS} {:>10} {:<11}",
+                            round + 1,
+                            step.label(),
+                            config.name()
+                        ),
+                    )
+                    .await?;
                 println!(
                     "round {}/{ROUNDS} {:>10} {:<11} {:>6.0} rq/s  p50 {:>5.0} µs  \
                      p99 {:>5.0} µs  p99.9 {:>5.0} µs  CPU {:>5.1} µs/rq ({:.0}%)  \
@@ -701,6 +691,25 @@ enum Load {
     CoLocated,
 }
 
+impl Load {
+    /// How long the run lasts.
+    fn secs(self) -> u32 {
+        match self {
+            Load::Rate(_, secs) => secs,
+            Load::Saturation => SATURATION_SECS,
+            Load::CoLocated => CO_LOCATED_SECS,
+        }
+    }
+
+    /// The requests an open-loop run sends; a closed loop sends as many as it can.
+    fn requests(self) -> Option<u64> {
+        match self {
+            Load::Rate(rate, secs) => Some(u64::from(rate) * u64::from(secs)),
+            Load::Saturation | Load::CoLocated => None,
+        }
+    }
+}
+
 impl Bench<'_> {
     /// Runs oha against the Envoy of `config`, checks that every request got a 200 and that
     /// every Envoy survived, and accounts for the CPU time spent meanwhile.
@@ -717,15 +726,10 @@ impl Bench<'_> {
         configs: [Config; N],
         kind: Load,
     ) -> Result<[Run; N]> {
-        let secs = match kind {
-            Load::Rate(_, secs) => secs,
-            Load::Saturation => SATURATION_SECS,
-            Load::CoLocated => CO_LOCATED_SECS,
-        };
         let names = configs.map(|c| c.name()).join(" and ");
         let line = format!("{} against `{names}` ({kind:?})", self.oha.display());
         let pids = configs.map(|c| self.envoys[&c].0.pid());
-        let before = pids.map(|pid| self.cpu(pid));
+        let before = self.cpu(pids)?;
         let started = Instant::now();
         let mut children = Vec::with_capacity(N);
         for config in configs {
@@ -737,7 +741,7 @@ impl Bench<'_> {
             );
         }
         // A stuck run fails the bench rather than hanging it; dropping a child kills it.
-        let limit = Duration::from_secs(u64::from(secs) + 60);
+        let limit = Duration::from_secs(u64::from(kind.secs()) + 60);
         let outputs = tokio::time::timeout(
             limit,
             futures::future::join_all(children.into_iter().map(|c| c.wait_with_output())),
@@ -745,7 +749,7 @@ impl Bench<'_> {
         .await
         .with_context(|| format!("{line} did not finish in {limit:?}"))?;
         let wall = started.elapsed().as_nanos() as f64;
-        let after = pids.map(|pid| self.cpu(pid));
+        let after = self.cpu(pids)?;
         let all = self.envoys.values().map(|(e, _)| (e, "under test"));
         for (e, role) in all.chain([(self.upstream, "upstream")]) {
             ensure!(
@@ -755,10 +759,7 @@ impl Bench<'_> {
                 e.log_tail()
             );
         }
-        let expected = match kind {
-            Load::Rate(rate, secs) => Some(u64::from(rate) * u64::from(secs)),
-            Load::Saturation | Load::CoLocated => None,
-        };
+        let disturbance_cores = after.disturbance_ns(&before) / wall;
         let mut runs = Vec::with_capacity(N);
         for (i, output) in outputs.into_iter().enumerate() {
             let config = configs[i].name();
@@ -775,25 +776,20 @@ impl Bench<'_> {
             }
             let json: Value = serde_json::from_str(&stdout)
                 .with_context(|| format!("{line}: `{config}`'s output is not JSON:\n{stdout}"))?;
-            let mut run = parse_oha(&json, expected)
+            let mut run = parse_oha(&json, kind.requests())
                 .with_context(|| format!("{line}: `{config}`: {}", stdout.trim_end()))?;
-            let (before, after) = (before[i].as_ref(), after[i].as_ref());
-            let (before, after) = match (before, after) {
-                (Ok(b), Ok(a)) => (b, a),
-                (Err(e), _) | (_, Err(e)) => bail!("{line}: CPU time of `{config}`: {e:#}"),
-            };
-            let envoy_ns = after.envoy_ns.saturating_sub(before.envoy_ns) as f64;
+            let envoy_ns = after.envoys_ns[i].saturating_sub(before.envoys_ns[i]) as f64;
             run.cpu_us_per_request = envoy_ns / 1e3 / run.requests as f64;
             run.envoy_cpu_util = envoy_ns / wall;
-            run.disturbance_cores = after.disturbance_ns(before) / wall;
+            run.disturbance_cores = disturbance_cores;
             runs.push(run);
         }
         runs.try_into()
             .map_err(|_| anyhow::anyhow!("{line}: not one run per configuration"))
     }
 
-    /// [`Bench::load_together`], run again while other work on the machine disturbed it (as the
-    /// solo runs are); every run's `attempts` says how often.
+    /// [`Bench::load_together`], run again while other work on the machine disturbed it, keeping
+    /// the quietest attempt; every run's `attempts` says how many there were.
     async fn load_together_quietly<const N: usize>(
         &self,
         configs: [Config; N],
@@ -830,22 +826,16 @@ impl Bench<'_> {
     fn oha_command(&self, url: &str, kind: Load) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(self.oha);
         command.args(["--no-tui", "--output-format", "json"]);
-        match kind {
-            Load::Rate(rate, secs) => {
-                let n = u64::from(rate) * u64::from(secs);
+        match (kind, kind.requests()) {
+            (Load::Rate(rate, _), Some(n)) => {
                 command
                     .args(["-q", &rate.to_string(), "-n", &n.to_string()])
                     .args(["-c", &RATE_CONNECTIONS.to_string()])
                     .arg("--latency-correction");
             }
-            Load::Saturation | Load::CoLocated => {
-                let secs = if matches!(kind, Load::Saturation) {
-                    SATURATION_SECS
-                } else {
-                    CO_LOCATED_SECS
-                };
+            _ => {
                 command
-                    .args(["-z", &format!("{secs}s")])
+                    .args(["-z", &format!("{}s", kind.secs())])
                     .args(["-c", &SATURATION_CONNECTIONS.to_string()])
                     // Requests in flight at the deadline finish instead of counting as errors.
                     .arg("-w");
@@ -860,15 +850,21 @@ impl Bench<'_> {
         command
     }
 
-    /// CPU time so far: of the Envoy `pid`, of the bench's own processes, and of the machine.
-    fn cpu(&self, pid: u32) -> Result<CpuSample> {
+    /// CPU time so far: of the Envoys `pids`, of the bench's own processes, and of the
+    /// machine.
+    fn cpu<const N: usize>(&self, pids: [u32; N]) -> Result<CpuSample<N>> {
         let mut ours = cpu_ns(std::process::id())? + cpu_ns(self.upstream.pid())?;
+        let mut envoys_ns = [0; N];
         for (envoy, _) in self.envoys.values() {
-            ours += cpu_ns(envoy.pid())?;
+            let ns = cpu_ns(envoy.pid())?;
+            ours += ns;
+            if let Some(i) = pids.iter().position(|p| *p == envoy.pid()) {
+                envoys_ns[i] = ns;
+            }
         }
         let (busy, steal) = machine_ticks()?;
         Ok(CpuSample {
-            envoy_ns: cpu_ns(pid)?,
+            envoys_ns,
             ours_ns: ours,
             children_ticks: children_ticks()?,
             machine_busy_ticks: busy,
@@ -882,9 +878,9 @@ const NS_PER_TICK: f64 = 1e7;
 
 /// CPU counters at one moment, to tell the bench's own CPU time from other work on the
 /// machine.
-struct CpuSample {
-    /// The Envoy under test.
-    envoy_ns: u64,
+struct CpuSample<const N: usize> {
+    /// The Envoys under load, in the order asked for.
+    envoys_ns: [u64; N],
     /// xtask (with the collector) and every Envoy it started.
     ours_ns: u64,
     /// Waited-for children of xtask: oha, once its run is over.
@@ -896,9 +892,9 @@ struct CpuSample {
     machine_steal_ticks: u64,
 }
 
-impl CpuSample {
+impl<const N: usize> CpuSample<N> {
     /// CPU time between `before` and `self` that the bench did not use, plus stolen time.
-    fn disturbance_ns(&self, before: &CpuSample) -> f64 {
+    fn disturbance_ns(&self, before: &CpuSample<N>) -> f64 {
         let ticks = |a: u64, b: u64| a.saturating_sub(b) as f64 * NS_PER_TICK;
         let machine = ticks(self.machine_busy_ticks, before.machine_busy_ticks);
         let oha = ticks(self.children_ticks, before.children_ticks);
