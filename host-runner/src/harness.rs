@@ -12,7 +12,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::abi::{Action, LogLevel};
@@ -996,6 +996,16 @@ impl Harness {
     /// Milliseconds of harness time since the start.
     pub fn elapsed_ms(&self) -> u64 {
         self.now_ns.saturating_sub(self.start_ns) / 1_000_000
+    }
+
+    /// How many times the current instance called each host function, by name (see
+    /// [`HostState::hostcalls`](crate::state::HostState::hostcalls)): take it before and after
+    /// a request for what the request cost in crossings of the Wasm boundary, which is most of
+    /// a filter's cost in Envoy.
+    pub fn hostcalls(&self) -> BTreeMap<&'static str, u64> {
+        self.plugin_state()
+            .map(crate::state::HostState::hostcalls)
+            .unwrap_or_default()
     }
 
     /// The plugin, for direct access to its state.

@@ -17,13 +17,14 @@ pub mod stream;
 pub mod timers;
 pub mod wasi;
 
-/// Registers a host function whose body returns `Result<Status>`.
+/// Registers a host function whose body returns `Result<Status>`, counting its calls.
 macro_rules! wrap {
     ($linker:expr, $name:literal, $f:path, ($($a:ident : $t:ty),*)) => {
         $linker.func_wrap(
             "env",
             $name,
             |mut c: wasmtime::Caller<'_, HostState>, $($a: $t),*| -> wasmtime::Result<u32> {
+                c.data_mut().count($name);
                 $f(&mut c, $($a),*).map(|s| s as u32)
             },
         )?

@@ -125,6 +125,7 @@ fn real_main() -> Result<bool> {
             "trace": outcome.trace,
             "http_calls": outcome.http_calls,
             "metrics": outcome.metrics,
+            "hostcalls": outcome.hostcalls,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -377,6 +377,7 @@ impl Scenario {
             trace: h.trace().to_vec(),
             http_calls: h.http_calls().to_vec(),
             metrics: h.shared().metrics(),
+            hostcalls: h.hostcalls(),
         })
     }
 }
@@ -439,6 +440,8 @@ pub struct Outcome {
     pub http_calls: Vec<crate::state::HttpCall>,
     /// Metrics at the end.
     pub metrics: Vec<crate::state::Metric>,
+    /// Calls to each host function over the run (of the last instance, after a reload).
+    pub hostcalls: BTreeMap<&'static str, u64>,
 }
 
 impl Outcome {

@@ -450,6 +450,9 @@ pub struct HostState {
     pub(crate) done_calls: Vec<u32>,
     pub(crate) rng: u64,
     pub(crate) exit_code: Option<u32>,
+    /// Calls made to each host function, in order of first call. A scan over the dozen or so
+    /// a plugin uses costs less per call than hashing the name.
+    pub(crate) hostcalls: Vec<(&'static str, u64)>,
 }
 
 impl HostState {
@@ -480,7 +483,27 @@ impl HostState {
             done_calls: Vec::new(),
             rng,
             exit_code: None,
+            hostcalls: Vec::new(),
         }
+    }
+
+    /// Counts one call of the host function `name`.
+    pub(crate) fn count(&mut self, name: &'static str) {
+        match self.hostcalls.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, calls)) => *calls += 1,
+            None => self.hostcalls.push((name, 1)),
+        }
+    }
+
+    /// How many times the plugin called each host function (proxy-wasm and WASI) since this
+    /// instance started; functions it never called are absent. Imports host-runner does not
+    /// implement (given stubs when the module is loaded) are not counted.
+    pub fn hostcalls(&self) -> BTreeMap<&'static str, u64> {
+        let mut out = BTreeMap::new();
+        for &(name, calls) in &self.hostcalls {
+            *out.entry(name).or_insert(0) += calls;
+        }
+        out
     }
 
     /// Now, by the instance's clock.

@@ -53,6 +53,10 @@ fn a_wrong_expectation_fails_the_run_and_says_which() {
     assert_eq!(code, 1);
     let report: serde_json::Value = serde_json::from_str(&stdout).expect("json report");
     assert_eq!(report["passed"], false);
+    // The report counts the plugin's hostcalls: the scenario's telemetry callout among them.
+    let calls = |name: &str| report["hostcalls"][name].as_u64().unwrap_or(0);
+    assert!(calls("proxy_http_call") >= 1, "{}", report["hostcalls"]);
+    assert!(calls("proxy_get_current_time_nanoseconds") >= 1);
     let failures = report["failures"].as_array().expect("failures");
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(

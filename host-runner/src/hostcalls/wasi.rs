@@ -33,6 +33,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         MODULE,
         "fd_write",
         |mut c: Caller<'_, HostState>, fd: u32, iov: u32, n: u32, ret: u32| {
+            c.data_mut().count("fd_write");
             fd_write(&mut c, fd, iov, n, ret)
         },
     )?;
@@ -40,6 +41,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         MODULE,
         "clock_time_get",
         |mut c: Caller<'_, HostState>, id: u32, _precision: u64, ret: u32| {
+            c.data_mut().count("clock_time_get");
             if id > 3 {
                 return errno::INVAL;
             }
@@ -51,6 +53,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         MODULE,
         "clock_res_get",
         |mut c: Caller<'_, HostState>, id: u32, ret: u32| {
+            c.data_mut().count("clock_res_get");
             if id > 3 {
                 return errno::INVAL;
             }
@@ -61,6 +64,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         MODULE,
         "random_get",
         |mut c: Caller<'_, HostState>, ptr: u32, len: u32| {
+            c.data_mut().count("random_get");
             // Envoy refuses more than 64 KiB at once.
             if len > 65536 {
                 return errno::INVAL;
@@ -77,6 +81,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         MODULE,
         "environ_sizes_get",
         |mut c: Caller<'_, HostState>, rn: u32, rs: u32| {
+            c.data_mut().count("environ_sizes_get");
             let env = &c.data().settings.env;
             let n = env.len() as u32;
             let size: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
@@ -93,12 +98,16 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
     linker.func_wrap(
         MODULE,
         "environ_get",
-        |mut c: Caller<'_, HostState>, array: u32, buf: u32| environ_get(&mut c, array, buf),
+        |mut c: Caller<'_, HostState>, array: u32, buf: u32| {
+            c.data_mut().count("environ_get");
+            environ_get(&mut c, array, buf)
+        },
     )?;
     linker.func_wrap(
         MODULE,
         "args_sizes_get",
         |mut c: Caller<'_, HostState>, rn: u32, rs: u32| {
+            c.data_mut().count("args_sizes_get");
             if memory::check(&mut c, rs, 4).is_err() || memory::write_u32(&mut c, rn, 0).is_err() {
                 return errno::FAULT;
             }
@@ -108,33 +117,73 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
     linker.func_wrap(
         MODULE,
         "args_get",
-        |_: Caller<'_, HostState>, _argv: u32, _buf: u32| errno::SUCCESS,
+        |mut c: Caller<'_, HostState>, _argv: u32, _buf: u32| {
+            c.data_mut().count("args_get");
+            errno::SUCCESS
+        },
     )?;
     linker.func_wrap(
         MODULE,
         "proc_exit",
         |mut c: Caller<'_, HostState>, code: u32| -> Result<()> {
+            c.data_mut().count("proc_exit");
             c.data_mut().exit_code = Some(code);
             Err(wasmtime::Error::msg(format!(
                 "plugin called proc_exit({code})"
             )))
         },
     )?;
-    linker.func_wrap(MODULE, "sched_yield", || errno::SUCCESS)?;
+    // Stubs: counted like the rest, so a module that calls one shows it.
+    linker.func_wrap(MODULE, "sched_yield", |mut c: Caller<'_, HostState>| {
+        c.data_mut().count("sched_yield");
+        errno::SUCCESS
+    })?;
     for name in ["fd_close", "fd_sync", "fd_datasync"] {
-        linker.func_wrap(MODULE, name, |_: u32| errno::BADF)?;
+        linker.func_wrap(MODULE, name, move |mut c: Caller<'_, HostState>, _: u32| {
+            c.data_mut().count(name);
+            errno::BADF
+        })?;
     }
-    linker.func_wrap(MODULE, "fd_fdstat_get", |_: u32, _: u32| errno::BADF)?;
-    linker.func_wrap(MODULE, "fd_prestat_get", |_: u32, _: u32| errno::BADF)?;
-    linker.func_wrap(MODULE, "fd_prestat_dir_name", |_: u32, _: u32, _: u32| {
-        errno::BADF
-    })?;
-    linker.func_wrap(MODULE, "fd_read", |_: u32, _: u32, _: u32, _: u32| {
-        errno::BADF
-    })?;
-    linker.func_wrap(MODULE, "fd_seek", |_: u32, _: i64, _: u32, _: u32| {
-        errno::BADF
-    })?;
+    linker.func_wrap(
+        MODULE,
+        "fd_fdstat_get",
+        |mut c: Caller<'_, HostState>, _: u32, _: u32| {
+            c.data_mut().count("fd_fdstat_get");
+            errno::BADF
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "fd_prestat_get",
+        |mut c: Caller<'_, HostState>, _: u32, _: u32| {
+            c.data_mut().count("fd_prestat_get");
+            errno::BADF
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "fd_prestat_dir_name",
+        |mut c: Caller<'_, HostState>, _: u32, _: u32, _: u32| {
+            c.data_mut().count("fd_prestat_dir_name");
+            errno::BADF
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "fd_read",
+        |mut c: Caller<'_, HostState>, _: u32, _: u32, _: u32, _: u32| {
+            c.data_mut().count("fd_read");
+            errno::BADF
+        },
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "fd_seek",
+        |mut c: Caller<'_, HostState>, _: u32, _: i64, _: u32, _: u32| {
+            c.data_mut().count("fd_seek");
+            errno::BADF
+        },
+    )?;
     Ok(())
 }
 
