@@ -1,9 +1,11 @@
-//! The shadowplane filter and the empty example filter, run in host-runner: routing, the
-//! telemetry callout on tick, metrics, and the lifecycle Envoy would drive.
+//! The shadowplane filter and the example filters, run in host-runner: routing, the
+//! telemetry callout on tick, metrics, the hostcalls an ordinary request costs, and the
+//! lifecycle Envoy would drive.
 
 #[path = "support/wasm.rs"]
 mod wasm;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use shadowplane_host_runner::{AbiVersion, Action, Error, Harness, LogLevel, Result};
@@ -239,4 +241,78 @@ fn the_empty_filter_passes_everything_through() -> Result<()> {
     assert!(h.http_calls().is_empty());
     assert!(h.traps().is_empty());
     Ok(())
+}
+
+/// One ordinary request: routed, answered 200 with the route's stamp (cluster and code), a
+/// body; returns the hostcalls it cost.
+fn ordinary_request(h: &mut Harness, cluster: &'static str) -> Result<BTreeMap<&'static str, u64>> {
+    let before = h.hostcalls();
+    h.request_headers(
+        &[(":method", "GET"), (":path", "/a"), (":authority", "svc")],
+        true,
+    )?;
+    h.expect_request_header("x-shadowplane-cluster", cluster)?;
+    let stamp = format!("{cluster} 200");
+    h.response_headers(
+        &[(":status", "200"), ("x-shadowplane-upstream", &stamp)],
+        false,
+    )?;
+    h.expect_response_header("x-shadowplane-upstream", None)?;
+    h.response_body(b"hello", true)?;
+    h.end_stream()?;
+    let after = h.hostcalls();
+    Ok(after
+        .into_iter()
+        .map(|(name, n)| (name, n - before.get(name).copied().unwrap_or(0)))
+        .filter(|&(_, n)| n > 0)
+        .collect())
+}
+
+/// The shadowplane filter's hostcall budget for an ordinary request. Each crossing of the Wasm
+/// boundary costs Envoy about 1.4% of its work per request in V8 (README, Overhead), so one
+/// more here is a cost users pay on every request: the test fails until this list, the
+/// hostcall-floor example and the README agree with the filter again.
+#[test]
+fn an_ordinary_request_costs_the_filter_the_hostcalls_of_the_floor() -> Result<()> {
+    let budget: BTreeMap<&str, u64> = [
+        ("proxy_get_current_time_nanoseconds", 2),
+        ("proxy_get_header_map_value", 1),
+        ("proxy_record_metric", 1),
+        ("proxy_remove_header_map_value", 1),
+        ("proxy_replace_header_map_value", 1),
+    ]
+    .into();
+    let mut h = filter(TELEMETRY)?;
+    // The first request of a group defines its metrics.
+    ordinary_request(&mut h, "blue")?;
+    let filter_calls = ordinary_request(&mut h, "blue")?;
+    assert_eq!(filter_calls, budget, "the shadowplane filter's hostcalls");
+
+    let mut floor = Harness::from_compiled(wasm::hostcall_floor()).configure("blue")?;
+    ordinary_request(&mut floor, "blue")?;
+    let floor_calls = ordinary_request(&mut floor, "blue")?;
+    assert_eq!(floor_calls, budget, "the hostcall floor's hostcalls");
+    assert!(floor.histogram("hostcall_floor.rq_time_ms").is_some());
+    Ok(())
+}
+
+#[test]
+fn the_empty_filter_makes_no_hostcall_per_request() -> Result<()> {
+    let mut h = Harness::from_compiled(wasm::empty_filter()).start()?;
+    let before = h.hostcalls();
+    h.request_headers(&[(":path", "/")], true)?;
+    h.response_headers(&[(":status", "200")], false)?;
+    h.response_body(b"hello", true)?;
+    h.end_stream()?;
+    assert_eq!(h.hostcalls(), before);
+    Ok(())
+}
+
+#[test]
+fn the_hostcall_floor_refuses_an_empty_configuration() {
+    match Harness::from_compiled(wasm::hostcall_floor()).configure(" ") {
+        Err(Error::Rejected { what: "plugin" }) => {}
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("an empty group was accepted"),
+    }
 }

@@ -40,25 +40,16 @@ pub fn test(root: &Path, test_args: &[OsString]) -> Result<()> {
     })?;
     // Natively the Wasm-only code of these crates is compiled out; lint it for its real target.
     steps.run("clippy filter wasm32-wasip1", || {
-        cmd::run(cmd::cargo().current_dir(root).args([
-            "clippy",
-            "-p",
-            "shadowplane-filter",
-            "-p",
-            "shadowplane-example-empty-filter",
-            "--target",
-            "wasm32-wasip1",
-            "--",
-            "-D",
-            "warnings",
-        ]))
+        let mut clippy = cmd::cargo();
+        clippy.current_dir(root).arg("clippy");
+        for p in cmd::WASM_PACKAGES {
+            clippy.args(["-p", p]);
+        }
+        cmd::run(clippy.args(["--target", "wasm32-wasip1", "--", "-D", "warnings"]))
     })?;
     steps.run("build filter wasm", || {
-        // The empty filter is a guest of host-runner's tests as well as the overhead bench.
-        cmd::build_wasm(
-            root,
-            &["shadowplane-filter", "shadowplane-example-empty-filter"],
-        )?;
+        // The example filters are guests of host-runner's tests as well as of the benches.
+        cmd::build_wasm(root, &cmd::WASM_PACKAGES)?;
         check_wasm_size(&wasm)
     })?;
     let mut totals = Totals::default();

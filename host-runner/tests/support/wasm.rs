@@ -1,5 +1,5 @@
 //! Finds (building when missing) the guest modules the tests run: the shadowplane filter and
-//! the empty example filter, both from the workspace's `--profile wasm` build.
+//! the example filters (empty, hostcall floor), all from the workspace's `--profile wasm` build.
 
 // Each test binary uses a different part of this file.
 #![allow(dead_code)]
@@ -94,6 +94,21 @@ pub fn empty_filter() -> &'static Compiled {
             "shadowplane_example_empty_filter",
         );
         host().compile(&wasm).expect("the empty filter compiles")
+    })
+}
+
+/// The hostcall-floor example filter, compiled once per test binary.
+pub fn hostcall_floor() -> &'static Compiled {
+    static C: OnceLock<Compiled> = OnceLock::new();
+    C.get_or_init(|| {
+        let wasm = locate(
+            "SHADOWPLANE_HOSTCALL_FLOOR_WASM",
+            "shadowplane-example-hostcall-floor",
+            "shadowplane_example_hostcall_floor",
+        );
+        host()
+            .compile(&wasm)
+            .expect("the hostcall-floor filter compiles")
     })
 }
 
