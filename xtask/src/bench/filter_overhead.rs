@@ -1,22 +1,25 @@
 //! `cargo xtask bench filter-overhead`: the latency and throughput the shadowplane filter adds
 //! to real Envoy, next to Envoy without a Wasm filter and with two empty proxy-wasm filters.
 //!
-//! Four Envoys under test run side by side, identical but for their HTTP filters: none (router
+//! Five Envoys under test run side by side, identical but for their HTTP filters: none (router
 //! only), an empty module written in WAT (the floor cost of Envoy's V8 runtime), an empty filter
 //! on the proxy-wasm Rust SDK (that floor plus the SDK's dispatch, which exports every stream
-//! callback, so Envoy calls into V8 for body and trailer events too) and the shadowplane filter,
-//! on the same SDK, reporting to a real collector. The shadowplane filter is judged against both
-//! floors: the WAT one is what the issue names, the SDK one the lowest any filter on this SDK
-//! can reach, so the gap to it is the filter's own work. They all proxy to one more Envoy that
+//! callback, so Envoy calls into V8 for body and trailer events too), the hostcall floor (the
+//! example filter that makes the shadowplane filter's per-request hostcalls and nothing else,
+//! on the same SDK and the same stamped route) and the shadowplane filter, on the same SDK,
+//! reporting to a real collector. The shadowplane filter is judged against both empty floors:
+//! the WAT one is what the issue names, the SDK one the lowest any filter on this SDK can reach,
+//! so the gap to it is the filter's own work. The hostcall floor is not judged: it splits that
+//! gap into what the per-request hostcalls cost Envoy and what the filter's logic costs. They all proxy to one more Envoy that
 //! answers with a `direct_response`, a fast C++ upstream that needs no extra install. A real
 //! load generator drives open-loop load at fixed rates (latency percentiles) and a closed-loop
-//! saturation run (throughput); the rounds interleave the four so a drift in the shared
+//! saturation run (throughput); the rounds interleave the five so a drift in the shared
 //! machine's load hits them alike, and the figures are medians over rounds. Each run also
 //! measures the Envoy's CPU time per request and the other work on the machine: a run that work
 //! disturbed is run again.
 //!
 //! The Envoys under test share one core, the load generator and the upstream the other. Each
-//! round also runs the shadowplane Envoy and one floor's saturated at once, co-located: they
+//! round also runs pairs of them saturated at once, co-located ([`CO_LOCATED`]): they
 //! split the core, so each one's throughput is what its CPU cost per request allows, measured
 //! at the same moments. The saturation target is judged on those runs, because this shared
 //! machine's speed moves within seconds by more than the 10% the target is about (see
@@ -92,12 +95,13 @@ const fn planned_secs() -> u32 {
     } else {
         SATURATION_SECS
     };
-    let co_located = Config::FLOORS.len() as u32 * CO_LOCATED_SECS;
+    let co_located = CO_LOCATED.len() as u32 * CO_LOCATED_SECS;
     ROUNDS as u32 * (configs * (WARMUP_SECS + round) + co_located) + RETRY_BUDGET as u32 * longest
 }
-/// The bench must stay under 8 minutes with its builds cached (plus the Envoys' start-ups): more rounds, configurations or
-/// longer runs have to fit into this, or the constants above change together.
-const MAX_PLANNED_SECS: u32 = 480;
+/// The bench must stay under 10 minutes with its builds cached (plus the Envoys' start-ups):
+/// more rounds, configurations or longer runs have to fit into this, or the constants above
+/// change together.
+const MAX_PLANNED_SECS: u32 = 600;
 const _: () = assert!(planned_secs() <= MAX_PLANNED_SECS);
 
 /// The shadowplane filter's targets, from the issue, each judged against both floors.
@@ -166,11 +170,12 @@ static_resources:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 "#;
 
-/// An Envoy under test. All four share it, routes included, so the filters are the only
-/// difference: the header route is what the shadowplane filter uses, the `weighted_clusters`
-/// fallback what the other three use (as the shipped bootstrap does when the filter is absent).
-/// Only the shadowplane configuration gets the route's `x-shadowplane-upstream` stamp
-/// ([`ROUTE_STAMP`]): it exists for the filter, so its cost is counted as the filter's.
+/// An Envoy under test. All five share it, routes included, so the filters are the only
+/// difference: the header route is what the filters that set the header use (shadowplane and
+/// the hostcall floor), the `weighted_clusters` fallback what the other three use (as the
+/// shipped bootstrap does when the filter is absent). Only those two get the route's
+/// `x-shadowplane-upstream` stamp ([`ROUTE_STAMP`]): it exists for the filter, so its cost is
+/// counted as the filter's.
 const BOOTSTRAP: &str = r#"
 node: { id: {{NODE_ID}}, cluster: bench }
 admin:
@@ -245,6 +250,22 @@ const EMPTY_FILTER: &str = r#"          - name: {{NAME}}
                   runtime: envoy.wasm.runtime.v8
                   code: { local: { filename: {{WASM_PATH}} } }"#;
 
+/// The hostcall floor, routing to [`GROUP`]; fails closed like the empty filters.
+const HOSTCALL_FLOOR_FILTER: &str = r#"          - name: hostcall-floor
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: hostcall-floor
+                root_id: hostcall-floor
+                failure_policy: FAIL_CLOSED
+                vm_config:
+                  vm_id: hostcall-floor
+                  runtime: envoy.wasm.runtime.v8
+                  code: { local: { filename: {{WASM_PATH}} } }
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {{GROUP}}"#;
+
 /// The shadowplane filter as the README loads it. It fails open as shipped; that it really ran
 /// is checked afterwards against the collector.
 const SHADOWPLANE_FILTER: &str = r#"          - name: shadowplane
@@ -262,20 +283,23 @@ const SHADOWPLANE_FILTER: &str = r#"          - name: shadowplane
                   "@type": type.googleapis.com/google.protobuf.StringValue
                   value: {{FILTER_CONFIG}}"#;
 
-/// The four configurations, in report order.
+/// The five configurations, in report order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Config {
     None,
     EmptyWat,
     EmptySdk,
+    HostcallFloor,
     Shadowplane,
 }
 
 impl Config {
-    const ALL: [Config; 4] = [
+    const COUNT: usize = 5;
+    const ALL: [Config; Config::COUNT] = [
         Config::None,
         Config::EmptyWat,
         Config::EmptySdk,
+        Config::HostcallFloor,
         Config::Shadowplane,
     ];
     /// What the shadowplane filter is judged against, in report order: the SDK floor first,
@@ -292,6 +316,7 @@ impl Config {
             Config::None => "none",
             Config::EmptyWat => "empty-wat",
             Config::EmptySdk => "empty-sdk",
+            Config::HostcallFloor => "hostcall-floor",
             Config::Shadowplane => "shadowplane",
         }
     }
@@ -303,14 +328,18 @@ impl Config {
             Config::EmptySdk => {
                 "empty filter on the proxy-wasm Rust SDK: the runtime plus the SDK's dispatch"
             }
+            Config::HostcallFloor => {
+                "the shadowplane filter's per-request hostcalls and nothing else, on the same SDK \
+                 and stamped route: what those hostcalls cost Envoy"
+            }
             Config::Shadowplane => "shadowplane filter (V8, routing and telemetry)",
         }
     }
 
-    /// Route configuration lines only this configuration has (the shadowplane filter's stamp).
+    /// Route configuration lines only the filters that read the stamp get.
     fn route_stamp(self) -> &'static str {
         match self {
-            Config::Shadowplane => ROUTE_STAMP,
+            Config::HostcallFloor | Config::Shadowplane => ROUTE_STAMP,
             _ => "",
         }
     }
@@ -330,6 +359,13 @@ impl Config {
             Config::None => Ok(String::new()),
             Config::EmptyWat => empty(&modules.empty_wat),
             Config::EmptySdk => empty(&modules.empty_sdk),
+            Config::HostcallFloor => Ok(render(
+                HOSTCALL_FLOOR_FILTER,
+                &[
+                    ("WASM_PATH", yaml_string(&modules.hostcall_floor)?),
+                    ("GROUP", GROUP.to_owned()),
+                ],
+            )),
             Config::Shadowplane => Ok(render(
                 SHADOWPLANE_FILTER,
                 &[
@@ -348,6 +384,7 @@ impl Config {
 struct Modules {
     empty_wat: PathBuf,
     empty_sdk: PathBuf,
+    hostcall_floor: PathBuf,
     shadowplane: PathBuf,
 }
 
@@ -371,9 +408,21 @@ impl Step {
     }
 }
 
-/// The [`Measured`] key of the co-located runs of `floor` and the shadowplane Envoy.
-fn co_located_label(floor: Config) -> String {
-    format!("co-located with {}", floor.name())
+/// The pairs saturated together each round, (floor, filter): the filter's throughput over the
+/// floor's is what is reported. The first two are what the saturation targets judge; the other
+/// two split the gap to the SDK floor into the per-request hostcalls' cost (the hostcall floor
+/// against the empty SDK filter) and the filter's own logic (shadowplane against the hostcall
+/// floor).
+const CO_LOCATED: [(Config, Config); 4] = [
+    (Config::EmptySdk, Config::Shadowplane),
+    (Config::EmptyWat, Config::Shadowplane),
+    (Config::EmptySdk, Config::HostcallFloor),
+    (Config::HostcallFloor, Config::Shadowplane),
+];
+
+/// The [`Measured`] key of the co-located runs of `floor` and `filter`.
+fn co_located_label(floor: Config, filter: Config) -> String {
+    format!("co-located {} with {}", filter.name(), floor.name())
 }
 
 /// What one run of the load generator measured.
@@ -412,19 +461,21 @@ pub fn run(root: &Path) -> Result<()> {
         harness_bin.display(),
         envoy_bin.display()
     );
-    // One cargo run for both SDK modules: the same profile, and the SDK builds once.
-    cmd::build_wasm(
-        root,
-        &["shadowplane-filter", "shadowplane-example-empty-filter"],
-    )?;
+    // One cargo run for the SDK modules: the same profile, and the SDK builds once.
+    cmd::build_wasm(root, &cmd::WASM_PACKAGES)?;
     let built = root.join("target/wasm32-wasip1/wasm");
     let out = root.join("target/bench");
     let modules = Modules {
         empty_wat: out.join("empty_filter_wat.wasm"),
         empty_sdk: built.join("shadowplane_example_empty_filter.wasm"),
+        hostcall_floor: built.join("shadowplane_example_hostcall_floor.wasm"),
         shadowplane: built.join("shadowplane_filter.wasm"),
     };
-    for wasm in [&modules.empty_sdk, &modules.shadowplane] {
+    for wasm in [
+        &modules.empty_sdk,
+        &modules.hostcall_floor,
+        &modules.shadowplane,
+    ] {
         ensure!(wasm.is_file(), "the wasm build left no {}", wasm.display());
     }
     let wasm = wat::parse_str(EMPTY_FILTER_WAT).context("empty_filter.wat does not assemble")?;
@@ -526,7 +577,7 @@ async fn measure(oha: &Path, modules: &Modules) -> Result<(Measured, Verificatio
                         kind,
                         &mut retries_left,
                         &format!(
-                            "round {}/{ROUNDS} {:>10} {:<11}",
+                            "round {}/{ROUNDS} {:>10} {:<14}",
                             round + 1,
                             step.label(),
                             config.name()
@@ -534,7 +585,7 @@ async fn measure(oha: &Path, modules: &Modules) -> Result<(Measured, Verificatio
                     )
                     .await?;
                 println!(
-                    "round {}/{ROUNDS} {:>10} {:<11} {:>6.0} rq/s  p50 {:>5.0} µs  \
+                    "round {}/{ROUNDS} {:>10} {:<14} {:>6.0} rq/s  p50 {:>5.0} µs  \
                      p99 {:>5.0} µs  p99.9 {:>5.0} µs  CPU {:>5.1} µs/rq ({:.0}%)  \
                      other work or steal {:.2} cores",
                     round + 1,
@@ -554,37 +605,38 @@ async fn measure(oha: &Path, modules: &Modules) -> Result<(Measured, Verificatio
                     .push(run);
             }
         }
-        for floor in Config::FLOORS {
-            let what = format!("co-located {} and shadowplane", floor.name());
-            let [floor_run, shadowplane_run] = bench
+        for (floor, filter) in CO_LOCATED {
+            let what = format!("co-located {} and {}", floor.name(), filter.name());
+            let [floor_run, filter_run] = bench
                 .load_together_quietly(
-                    [floor, Config::Shadowplane],
+                    [floor, filter],
                     Load::CoLocated,
                     &mut retries_left,
                     &format!("round {}/{ROUNDS} {what}", round + 1),
                 )
                 .await?;
             println!(
-                "round {}/{ROUNDS} co-located {:<10} {:>6.0} rq/s  shadowplane {:>6.0} rq/s  \
+                "round {}/{ROUNDS} co-located {:<14} {:>6.0} rq/s  {:<14} {:>6.0} rq/s  \
                  ({:.3})  CPU {:>5.1} / {:>5.1} µs/rq  other work or steal {:.2} cores",
                 round + 1,
                 floor.name(),
                 floor_run.rps,
-                shadowplane_run.rps,
-                shadowplane_run.rps / floor_run.rps,
+                filter.name(),
+                filter_run.rps,
+                filter_run.rps / floor_run.rps,
                 floor_run.cpu_us_per_request,
-                shadowplane_run.cpu_us_per_request,
+                filter_run.cpu_us_per_request,
                 floor_run.disturbance_cores
             );
-            let label = co_located_label(floor);
+            let label = co_located_label(floor, filter);
             measured
                 .entry((floor, label.clone()))
                 .or_default()
                 .push(floor_run);
             measured
-                .entry((Config::Shadowplane, label))
+                .entry((filter, label))
                 .or_default()
-                .push(shadowplane_run);
+                .push(filter_run);
         }
         let round_check =
             verify_telemetry(&bench.envoys[&Config::Shadowplane].0, &collector).await?;
@@ -594,7 +646,7 @@ async fn measure(oha: &Path, modules: &Modules) -> Result<(Measured, Verificatio
     Ok((measured, verification, RETRY_BUDGET - retries_left))
 }
 
-/// Starts one round's collector and four Envoys under test, checks that each answers through
+/// Starts one round's collector and the Envoys under test, checks that each answers through
 /// the upstream with its filter loaded, and warms each up. Every round has Envoys of its own:
 /// two starts of the same Envoy and module can differ by a few percent in cost per request (the
 /// co-located ratio of the same two builds moved by 3% from one start to the next, while it held
@@ -668,7 +720,8 @@ async fn start_round<'a>(
             .await?;
     }
     println!(
-        "round: four Envoys answer 200 and are warmed up ({WARMUP_SECS} s at {WARMUP_RATE}/s each)"
+        "round: {} Envoys answer 200 and are warmed up ({WARMUP_SECS} s at {WARMUP_RATE}/s each)",
+        Config::ALL.len()
     );
     Ok((bench, collector))
 }
@@ -1195,7 +1248,7 @@ struct Report {
     bench: &'static str,
     environment: Environment,
     configs: Vec<ConfigReport>,
-    /// In [`Config::FLOORS`] order.
+    /// In [`CO_LOCATED`] order.
     co_located: Vec<CoLocated>,
     derived: Derived,
     targets: Vec<Target>,
@@ -1301,8 +1354,13 @@ struct Added {
 
 impl Added {
     /// From the medians of each configuration, in [`Config::ALL`] order.
-    fn new(rate: u32, p99_us: [f64; 4], none_p99_spread_us: f64, cpu: [f64; 4]) -> Added {
-        let over_none = |values: [f64; 4]| -> BTreeMap<&'static str, f64> {
+    fn new(
+        rate: u32,
+        p99_us: [f64; Config::COUNT],
+        none_p99_spread_us: f64,
+        cpu: [f64; Config::COUNT],
+    ) -> Added {
+        let over_none = |values: [f64; Config::COUNT]| -> BTreeMap<&'static str, f64> {
             Config::ALL[1..]
                 .iter()
                 .map(|&c| (c.name(), values[c.index()] - values[0]))
@@ -1364,29 +1422,66 @@ impl VsFloor {
     }
 }
 
-/// The co-located saturation runs of one floor's Envoy and the shadowplane Envoy: both
-/// saturated at once, sharing the one core they are pinned to ([`Load::CoLocated`]).
+/// The co-located saturation runs of one pair of [`CO_LOCATED`]: both saturated at once,
+/// sharing the one core they are pinned to ([`Load::CoLocated`]).
 #[derive(Debug, Serialize)]
 struct CoLocated {
     floor: &'static str,
-    /// The floor's runs and the shadowplane Envoy's, element i of each from the same run.
+    filter: &'static str,
+    /// The floor's runs and the filter's, element i of each from the same run.
     floor_runs: StepReport,
-    shadowplane_runs: StepReport,
+    filter_runs: StepReport,
+    /// The filter's rq/s over the floor's in the same run, run by run.
+    ratio_per_run: Vec<f64>,
+    /// The median of `ratio_per_run`.
+    ratio_median: f64,
+    /// The floor's CPU per request over the filter's, median over runs: the throughput ratio
+    /// the CPU cost alone allows, as a cross-check.
+    cpu_ratio_median: f64,
 }
 
 impl CoLocated {
-    fn new(floor: Config, measured: &Measured) -> CoLocated {
+    fn new(floor: Config, filter: Config, measured: &Measured) -> CoLocated {
         let runs = |config: Config| {
             let runs = measured
-                .get(&(config, co_located_label(floor)))
+                .get(&(config, co_located_label(floor, filter)))
                 .map_or(&[][..], Vec::as_slice);
             StepReport::new(None, runs)
         };
+        CoLocated::from_runs(floor, filter, runs(floor), runs(filter))
+    }
+
+    fn from_runs(
+        floor: Config,
+        filter: Config,
+        floor_runs: StepReport,
+        filter_runs: StepReport,
+    ) -> CoLocated {
+        let per_run = |f: fn(&Run, &Run) -> f64| -> Vec<f64> {
+            filter_runs
+                .rounds
+                .iter()
+                .zip(&floor_runs.rounds)
+                .map(|(x, fl)| f(x, fl))
+                .collect()
+        };
+        let ratio_per_run = per_run(|x, fl| x.rps / fl.rps);
+        let cpu_ratios = per_run(|x, fl| fl.cpu_us_per_request / x.cpu_us_per_request);
         CoLocated {
             floor: floor.name(),
-            floor_runs: runs(floor),
-            shadowplane_runs: runs(Config::Shadowplane),
+            filter: filter.name(),
+            floor_runs,
+            filter_runs,
+            ratio_median: median(&ratio_per_run),
+            ratio_per_run,
+            cpu_ratio_median: median(&cpu_ratios),
         }
+    }
+
+    /// The pair of `floor` and `filter` in `all`.
+    fn find(all: &[CoLocated], floor: Config, filter: Config) -> Option<&CoLocated> {
+        all.iter()
+            .find(|c| c.floor == floor.name() && c.filter == filter.name())
     }
 }
 
@@ -1442,11 +1537,6 @@ impl SaturationVs {
                 .collect()
         };
         let paired_per_round = per_round(shadowplane, floor_step, |s, f| s.rps / f.rps);
-        let (co_floor, co_shadowplane) = (&co_located.floor_runs, &co_located.shadowplane_runs);
-        let co_located_per_round = per_round(co_shadowplane, co_floor, |s, f| s.rps / f.rps);
-        let cpu_ratios = per_round(co_shadowplane, co_floor, |s, f| {
-            f.cpu_us_per_request / s.cpu_us_per_request
-        });
         SaturationVs {
             floor: floor.name(),
             floor_rps: floor_step.rps,
@@ -1456,9 +1546,9 @@ impl SaturationVs {
             paired_per_round,
             shadowplane_minus_floor_cpu_us_per_request: shadowplane.cpu_us_per_request
                 - floor_step.cpu_us_per_request,
-            co_located_median: median(&co_located_per_round),
-            co_located_per_round,
-            co_located_cpu_ratio_median: median(&cpu_ratios),
+            co_located_median: co_located.ratio_median,
+            co_located_per_round: co_located.ratio_per_run.clone(),
+            co_located_cpu_ratio_median: co_located.cpu_ratio_median,
         }
     }
 }
@@ -1493,9 +1583,9 @@ impl Report {
                 saturation: StepReport::new(None, runs(config, Step::Saturation)),
             })
             .collect();
-        let co_located = Config::FLOORS
+        let co_located = CO_LOCATED
             .into_iter()
-            .map(|floor| CoLocated::new(floor, measured))
+            .map(|(floor, filter)| CoLocated::new(floor, filter, measured))
             .collect();
         Report::from_configs(environment, configs, co_located, telemetry_check)
     }
@@ -1540,20 +1630,41 @@ impl Report {
                 .collect(),
             saturation_vs: Config::FLOORS
                 .into_iter()
-                .zip(&co_located)
-                .map(|(f, co)| {
-                    SaturationVs::new(f, saturation(f), saturation(Config::Shadowplane), co)
+                .map(|f| {
+                    let sp = Config::Shadowplane;
+                    let missing;
+                    let co = match CoLocated::find(&co_located, f, sp) {
+                        Some(co) => co,
+                        None => {
+                            let none = || StepReport::new(None, &[]);
+                            missing = CoLocated::from_runs(f, sp, none(), none());
+                            &missing
+                        }
+                    };
+                    SaturationVs::new(f, saturation(f), saturation(sp), co)
                 })
                 .collect(),
             added,
         };
 
+        // How the gap to the SDK floor splits, for the target's note.
+        let median_of =
+            |floor, filter| CoLocated::find(&co_located, floor, filter).map(|c| c.ratio_median);
+        let split = median_of(Config::EmptySdk, Config::HostcallFloor)
+            .zip(median_of(Config::HostcallFloor, Config::Shadowplane));
         let mut targets = Vec::new();
-        for (i, _) in Config::FLOORS.iter().enumerate() {
+        for (i, floor) in Config::FLOORS.into_iter().enumerate() {
             for a in &derived.added {
                 targets.push(added_p99_target(a.rate, &a.vs[i], a.none_p99_spread_us));
             }
-            targets.push(saturation_target(&derived.saturation_vs[i]));
+            let mut target = saturation_target(&derived.saturation_vs[i]);
+            if let (Config::EmptySdk, Some((hostcalls, logic))) = (floor, split) {
+                target.note.push_str(&format!(
+                    "; co-located, the hostcall floor alone does {hostcalls:.3} of empty-sdk's \
+                     throughput, and shadowplane {logic:.3} of the hostcall floor's"
+                ));
+            }
+            targets.push(target);
         }
         Report {
             bench: "filter-overhead",
@@ -1731,6 +1842,29 @@ impl Report {
                     ratio(s.ratio_of_medians),
                     ratios(&s.paired_per_round),
                     added_cpu(s.shadowplane_minus_floor_cpu_us_per_request),
+                ],
+            );
+        }
+        out.push('\n');
+        header(
+            &mut out,
+            &[
+                "co-located: filter",
+                "with floor",
+                "filter rq/s over floor's: median",
+                "per run",
+                "CPU cost allows",
+            ],
+        );
+        for c in &self.co_located {
+            line(
+                &mut out,
+                vec![
+                    c.filter.to_owned(),
+                    c.floor.to_owned(),
+                    format!("{:.3}", c.ratio_median),
+                    fine(&c.ratio_per_run),
+                    format!("{:.3}", c.cpu_ratio_median),
                 ],
             );
         }
@@ -1941,7 +2075,16 @@ mod tests {
             assert_eq!(c.index(), i);
         }
         let names = Config::ALL.map(Config::name);
-        assert_eq!(names, ["none", "empty-wat", "empty-sdk", "shadowplane"]);
+        assert_eq!(
+            names,
+            [
+                "none",
+                "empty-wat",
+                "empty-sdk",
+                "hostcall-floor",
+                "shadowplane"
+            ]
+        );
         assert_eq!(Config::FLOORS.map(Config::name), ["empty-sdk", "empty-wat"]);
         assert!(planned_secs() <= MAX_PLANNED_SECS);
     }
@@ -1951,12 +2094,14 @@ mod tests {
         let modules = Modules {
             empty_wat: PathBuf::from("/b/wat.wasm"),
             empty_sdk: PathBuf::from("/b/sdk.wasm"),
+            hostcall_floor: PathBuf::from("/b/floor.wasm"),
             shadowplane: PathBuf::from("/b/sp.wasm"),
         };
         assert_eq!(Config::None.filter_yaml(&modules).unwrap(), "");
         for (config, path) in [
             (Config::EmptyWat, "\"/b/wat.wasm\""),
             (Config::EmptySdk, "\"/b/sdk.wasm\""),
+            (Config::HostcallFloor, "\"/b/floor.wasm\""),
         ] {
             let yaml = config.filter_yaml(&modules).unwrap();
             let name = config.name();
@@ -1970,6 +2115,12 @@ mod tests {
                 assert!(yaml.contains(&line), "{name}: no {line:?} in\n{yaml}");
             }
         }
+        let floor = Config::HostcallFloor.filter_yaml(&modules).unwrap();
+        assert!(floor.contains(&format!("value: {GROUP}")), "{floor}");
+        for stamped in [Config::HostcallFloor, Config::Shadowplane] {
+            assert_eq!(stamped.route_stamp(), ROUTE_STAMP);
+        }
+        assert_eq!(Config::EmptySdk.route_stamp(), "");
         let yaml = Config::Shadowplane.filter_yaml(&modules).unwrap();
         assert!(yaml.contains("filename: \"/b/sp.wasm\""), "{yaml}");
         assert!(yaml.contains("failure_policy: FAIL_OPEN"), "{yaml}");
@@ -1977,13 +2128,14 @@ mod tests {
 
     #[test]
     fn added_figures_against_each_floor() {
-        // none, empty-wat, empty-sdk, shadowplane
+        // none, empty-wat, empty-sdk, hostcall-floor, shadowplane
         let a = Added::new(
             1000,
-            [100.0, 140.0, 160.0, 190.0],
+            [100.0, 140.0, 160.0, 175.0, 190.0],
             50.0,
-            [10.0, 12.0, 14.0, 16.0],
+            [10.0, 12.0, 14.0, 15.0, 16.0],
         );
+        assert_eq!(a.p99_us["hostcall-floor"], 75.0);
         assert_eq!(a.p99_us["empty-wat"], 40.0);
         assert_eq!(a.p99_us["shadowplane"], 90.0);
         assert!(!a.p99_us.contains_key("none"));
@@ -1999,8 +2151,8 @@ mod tests {
 
     #[test]
     fn added_p99_within_the_noise_is_not_judged() {
-        // none, empty-wat, empty-sdk, shadowplane
-        let a = Added::new(1000, [100.0, 140.0, 160.0, 190.0], 30.0, [1.0; 4]);
+        // none, empty-wat, empty-sdk, hostcall-floor, shadowplane
+        let a = Added::new(1000, [100.0, 140.0, 160.0, 175.0, 190.0], 30.0, [1.0; 5]);
         let [sdk, wat] = [0, 1].map(|i| added_p99_target(a.rate, &a.vs[i], a.none_p99_spread_us));
         assert_eq!(sdk.name, "added-p99@1000 vs empty-sdk");
         assert!(sdk.met, "1.5 is within the target");
@@ -2016,7 +2168,7 @@ mod tests {
 
     #[test]
     fn a_ratio_against_noise_is_not_taken() {
-        let a = Added::new(4000, [100.0, 102.0, 130.0, 150.0], 5.0, [1.0; 4]);
+        let a = Added::new(4000, [100.0, 102.0, 130.0, 140.0, 150.0], 5.0, [1.0; 5]);
         let noise = added_p99_target(a.rate, &a.vs[1], a.none_p99_spread_us);
         assert_eq!(noise.name, "added-p99@4000 vs empty-wat");
         assert_eq!(
@@ -2047,11 +2199,11 @@ mod tests {
     }
 
     fn co_located(floor: Config, floor_rps: &[f64], shadowplane_rps: &[f64]) -> CoLocated {
-        CoLocated {
-            floor: floor.name(),
-            floor_runs: step_of(floor_rps),
-            shadowplane_runs: step_of(shadowplane_rps),
-        }
+        pair(floor, Config::Shadowplane, floor_rps, shadowplane_rps)
+    }
+
+    fn pair(floor: Config, filter: Config, floor_rps: &[f64], filter_rps: &[f64]) -> CoLocated {
+        CoLocated::from_runs(floor, filter, step_of(floor_rps), step_of(filter_rps))
     }
 
     #[test]
@@ -2114,11 +2266,13 @@ mod tests {
             };
             StepReport::new(rate, &[r])
         };
-        // none, empty-wat, empty-sdk, shadowplane: p99 at each rate, saturation rq/s.
+        // none, empty-wat, empty-sdk, hostcall-floor, shadowplane: p99 at each rate,
+        // saturation rq/s.
         let figures = [
             (100.0, 10000.0),
             (140.0, 9000.0),
             (160.0, 8000.0),
+            (180.0, 7900.0),
             (200.0, 7800.0),
         ];
         let configs = Config::ALL
@@ -2162,10 +2316,18 @@ mod tests {
             reports: 1,
             filter_rq_total_stat: 1,
         };
-        // Co-located: 0.95 against empty-sdk, 0.85 against empty-wat.
+        // Co-located: 0.95 against empty-sdk, 0.85 against empty-wat; the hostcall floor 0.96
+        // of empty-sdk, shadowplane 0.99 of the hostcall floor.
         let co = vec![
             co_located(Config::EmptySdk, &[10000.0], &[9500.0]),
             co_located(Config::EmptyWat, &[10000.0], &[8500.0]),
+            pair(
+                Config::EmptySdk,
+                Config::HostcallFloor,
+                &[10000.0],
+                &[9600.0],
+            ),
+            co_located(Config::HostcallFloor, &[10000.0], &[9900.0]),
         ];
         let report = Report::from_configs(environment, configs, co, verification);
         let names: Vec<&str> = report.targets.iter().map(|t| t.name.as_str()).collect();
@@ -2193,8 +2355,8 @@ mod tests {
         );
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(
-            json["configs"][2]["description"],
-            Config::EmptySdk.description()
+            json["configs"][3]["description"],
+            Config::HostcallFloor.description()
         );
         assert_eq!(
             json["derived"]["saturation_vs"][1]["paired_per_round"][0],
@@ -2204,7 +2366,22 @@ mod tests {
             json["derived"]["saturation_vs"][1]["co_located_median"],
             0.85
         );
-        assert_eq!(json["co_located"][0]["shadowplane_runs"]["rps"], 9500.0);
+        assert_eq!(json["co_located"][0]["filter_runs"]["rps"], 9500.0);
+        assert_eq!(json["co_located"][2]["filter"], "hostcall-floor");
+        assert_eq!(json["co_located"][2]["ratio_median"], 0.96);
+        let sdk_target = &report.targets[2];
+        assert!(
+            sdk_target.note.contains(
+                "the hostcall floor alone does 0.960 of empty-sdk's throughput, and shadowplane \
+                 0.990 of the hostcall floor's"
+            ),
+            "{}",
+            sdk_target.note
+        );
+        assert!(
+            text.contains("| hostcall-floor | empty-sdk | 0.960 | 0.960 | 1.000 |"),
+            "{text}"
+        );
     }
 
     #[test]
