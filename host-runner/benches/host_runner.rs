@@ -1,6 +1,7 @@
 //! Criterion benches of host-runner: instantiating a compiled module through its
 //! `InstancePre` on the pooling allocator, and one request (request headers, response headers,
-//! done, log, delete) through the shadowplane filter and through the empty filter.
+//! done, log, delete) through the shadowplane filter, the hostcall-floor example and the empty
+//! filter.
 //! `cargo xtask bench host-runner` builds the filters, runs these and writes
 //! target/bench/host-runner.json.
 
@@ -29,7 +30,7 @@ fn wasm(env: &str, stem: &str, package: &str) -> Vec<u8> {
     })
 }
 
-fn compiled(host: &Host) -> (Compiled, Compiled) {
+fn compiled(host: &Host) -> [Compiled; 3] {
     let filter = wasm(
         "SHADOWPLANE_FILTER_WASM",
         "shadowplane_filter",
@@ -40,10 +41,12 @@ fn compiled(host: &Host) -> (Compiled, Compiled) {
         "shadowplane_example_empty_filter",
         "shadowplane-example-empty-filter",
     );
-    (
-        host.compile(&filter).expect("the filter compiles"),
-        host.compile(&empty).expect("the empty filter compiles"),
-    )
+    let floor = wasm(
+        "SHADOWPLANE_HOSTCALL_FLOOR_WASM",
+        "shadowplane_example_hostcall_floor",
+        "shadowplane-example-hostcall-floor",
+    );
+    [filter, floor, empty].map(|w| host.compile(&w).expect("the module compiles"))
 }
 
 fn cycle(h: &mut Harness) {
@@ -59,8 +62,9 @@ fn cycle(h: &mut Harness) {
         )
         .expect("request headers");
     assert_eq!(a, Action::Continue);
+    // Stamped as the routes stamp it: the cluster and the response code.
     h.response_headers(
-        &[(":status", "200"), ("x-shadowplane-upstream", "blue")],
+        &[(":status", "200"), ("x-shadowplane-upstream", "blue 200")],
         true,
     )
     .expect("response headers");
@@ -69,7 +73,7 @@ fn cycle(h: &mut Harness) {
 
 fn benches(c: &mut Criterion) {
     let host = Host::new(HostConfig::default()).expect("host");
-    let (filter, empty) = compiled(&host);
+    let [filter, floor, empty] = compiled(&host);
     let mut g = c.benchmark_group("host_runner");
     let settings = InstanceSettings::default();
     let shared = Shared::new();
@@ -90,6 +94,12 @@ fn benches(c: &mut Criterion) {
         .configure(CONFIG)
         .expect("configured");
     g.bench_function("request_cycle", |b| b.iter(|| cycle(&mut h)));
+    assert!(h.traps().is_empty());
+    let mut h = Harness::from_compiled(&floor)
+        .with_trace(false)
+        .configure("blue")
+        .expect("configured");
+    g.bench_function("request_cycle_hostcall_floor", |b| b.iter(|| cycle(&mut h)));
     assert!(h.traps().is_empty());
     let mut h = Harness::from_compiled(&empty)
         .with_trace(false)
