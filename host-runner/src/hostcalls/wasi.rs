@@ -27,6 +27,16 @@ pub mod errno {
 
 const MODULE: &str = "wasi_snapshot_preview1";
 
+/// Registers a function that only answers `errno`, counting its calls like the others.
+macro_rules! answer {
+    ($linker:expr, $name:literal, $errno:expr, ($($t:ty),*)) => {
+        $linker.func_wrap(MODULE, $name, |mut c: Caller<'_, HostState>, $(_: $t),*| {
+            c.data_mut().count($name);
+            $errno
+        })?
+    };
+}
+
 /// Adds this area's functions.
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
     linker.func_wrap(
@@ -114,14 +124,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
             fault(memory::write_u32(&mut c, rs, 0))
         },
     )?;
-    linker.func_wrap(
-        MODULE,
-        "args_get",
-        |mut c: Caller<'_, HostState>, _argv: u32, _buf: u32| {
-            c.data_mut().count("args_get");
-            errno::SUCCESS
-        },
-    )?;
+    answer!(linker, "args_get", errno::SUCCESS, (u32, u32));
     linker.func_wrap(
         MODULE,
         "proc_exit",
@@ -134,56 +137,15 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> Result<()> {
         },
     )?;
     // Stubs: counted like the rest, so a module that calls one shows it.
-    linker.func_wrap(MODULE, "sched_yield", |mut c: Caller<'_, HostState>| {
-        c.data_mut().count("sched_yield");
-        errno::SUCCESS
-    })?;
-    for name in ["fd_close", "fd_sync", "fd_datasync"] {
-        linker.func_wrap(MODULE, name, move |mut c: Caller<'_, HostState>, _: u32| {
-            c.data_mut().count(name);
-            errno::BADF
-        })?;
-    }
-    linker.func_wrap(
-        MODULE,
-        "fd_fdstat_get",
-        |mut c: Caller<'_, HostState>, _: u32, _: u32| {
-            c.data_mut().count("fd_fdstat_get");
-            errno::BADF
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        "fd_prestat_get",
-        |mut c: Caller<'_, HostState>, _: u32, _: u32| {
-            c.data_mut().count("fd_prestat_get");
-            errno::BADF
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        "fd_prestat_dir_name",
-        |mut c: Caller<'_, HostState>, _: u32, _: u32, _: u32| {
-            c.data_mut().count("fd_prestat_dir_name");
-            errno::BADF
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        "fd_read",
-        |mut c: Caller<'_, HostState>, _: u32, _: u32, _: u32, _: u32| {
-            c.data_mut().count("fd_read");
-            errno::BADF
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        "fd_seek",
-        |mut c: Caller<'_, HostState>, _: u32, _: i64, _: u32, _: u32| {
-            c.data_mut().count("fd_seek");
-            errno::BADF
-        },
-    )?;
+    answer!(linker, "sched_yield", errno::SUCCESS, ());
+    answer!(linker, "fd_close", errno::BADF, (u32));
+    answer!(linker, "fd_sync", errno::BADF, (u32));
+    answer!(linker, "fd_datasync", errno::BADF, (u32));
+    answer!(linker, "fd_fdstat_get", errno::BADF, (u32, u32));
+    answer!(linker, "fd_prestat_get", errno::BADF, (u32, u32));
+    answer!(linker, "fd_prestat_dir_name", errno::BADF, (u32, u32, u32));
+    answer!(linker, "fd_read", errno::BADF, (u32, u32, u32, u32));
+    answer!(linker, "fd_seek", errno::BADF, (u32, i64, u32, u32));
     Ok(())
 }
 

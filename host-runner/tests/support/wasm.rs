@@ -71,45 +71,52 @@ fn locate_path(env: &str, package: &str, stem: &str) -> PathBuf {
     path
 }
 
+/// The module of `package` (see [`locate`]), compiled on first use into `cell`.
+fn compiled(
+    cell: &'static OnceLock<Compiled>,
+    env: &str,
+    package: &str,
+    stem: &str,
+) -> &'static Compiled {
+    cell.get_or_init(|| {
+        let wasm = locate(env, package, stem);
+        host()
+            .compile(&wasm)
+            .unwrap_or_else(|e| panic!("{package} does not compile: {e}"))
+    })
+}
+
 /// The shadowplane filter, compiled once per test binary.
 pub fn filter() -> &'static Compiled {
     static C: OnceLock<Compiled> = OnceLock::new();
-    C.get_or_init(|| {
-        let wasm = locate(
-            "SHADOWPLANE_FILTER_WASM",
-            "shadowplane-filter",
-            "shadowplane_filter",
-        );
-        host().compile(&wasm).expect("the filter compiles")
-    })
+    compiled(
+        &C,
+        "SHADOWPLANE_FILTER_WASM",
+        "shadowplane-filter",
+        "shadowplane_filter",
+    )
 }
 
 /// The empty example filter, compiled once per test binary.
 pub fn empty_filter() -> &'static Compiled {
     static C: OnceLock<Compiled> = OnceLock::new();
-    C.get_or_init(|| {
-        let wasm = locate(
-            "SHADOWPLANE_EMPTY_FILTER_WASM",
-            "shadowplane-example-empty-filter",
-            "shadowplane_example_empty_filter",
-        );
-        host().compile(&wasm).expect("the empty filter compiles")
-    })
+    compiled(
+        &C,
+        "SHADOWPLANE_EMPTY_FILTER_WASM",
+        "shadowplane-example-empty-filter",
+        "shadowplane_example_empty_filter",
+    )
 }
 
 /// The hostcall-floor example filter, compiled once per test binary.
 pub fn hostcall_floor() -> &'static Compiled {
     static C: OnceLock<Compiled> = OnceLock::new();
-    C.get_or_init(|| {
-        let wasm = locate(
-            "SHADOWPLANE_HOSTCALL_FLOOR_WASM",
-            "shadowplane-example-hostcall-floor",
-            "shadowplane_example_hostcall_floor",
-        );
-        host()
-            .compile(&wasm)
-            .expect("the hostcall-floor filter compiles")
-    })
+    compiled(
+        &C,
+        "SHADOWPLANE_HOSTCALL_FLOOR_WASM",
+        "shadowplane-example-hostcall-floor",
+        "shadowplane_example_hostcall_floor",
+    )
 }
 
 /// One host per test binary: compiling is the slow part, instantiating is cheap.
