@@ -66,12 +66,12 @@ const SATURATION_SECS: u32 = 5;
 /// Connections for the saturation run: closed loop, each sends its next request as soon as the
 /// last one is answered.
 const SATURATION_CONNECTIONS: u32 = 32;
-/// Length of each co-located saturation run ([`Load::CoLocated`]): the shadowplane Envoy and
-/// one floor's at once.
+/// Length of each co-located saturation run ([`Load::CoLocated`]): the two Envoys of one pair
+/// of [`CO_LOCATED`] at once.
 const CO_LOCATED_SECS: u32 = 4;
 /// Rounds over all configurations and steps; the report gives the median of each figure. Odd,
-/// so the median is a measured run; 5 rounds of four configurations keep the whole bench near
-/// 7 minutes, 8 with every retry spent (see [`planned_secs`]).
+/// so the median is a measured run; 5 rounds of five configurations keep the whole bench near
+/// 9 minutes, 10 with every retry spent (see [`planned_secs`]).
 const ROUNDS: usize = 5;
 /// A run during which other work on the machine (other builds, the hypervisor) took more than
 /// this many cores on average is run again, up to [`MAX_RETRIES_PER_RUN`] times and
@@ -1422,6 +1422,16 @@ impl VsFloor {
     }
 }
 
+/// `f` of the runs of `a` and `b` that belong together, run by run: both lists are in round
+/// order, one run per round, so element i of each is round i.
+fn pairwise(a: &StepReport, b: &StepReport, f: fn(&Run, &Run) -> f64) -> Vec<f64> {
+    a.rounds
+        .iter()
+        .zip(&b.rounds)
+        .map(|(a, b)| f(a, b))
+        .collect()
+}
+
 /// The co-located saturation runs of one pair of [`CO_LOCATED`]: both saturated at once,
 /// sharing the one core they are pinned to ([`Load::CoLocated`]).
 #[derive(Debug, Serialize)]
@@ -1457,16 +1467,10 @@ impl CoLocated {
         floor_runs: StepReport,
         filter_runs: StepReport,
     ) -> CoLocated {
-        let per_run = |f: fn(&Run, &Run) -> f64| -> Vec<f64> {
-            filter_runs
-                .rounds
-                .iter()
-                .zip(&floor_runs.rounds)
-                .map(|(x, fl)| f(x, fl))
-                .collect()
-        };
-        let ratio_per_run = per_run(|x, fl| x.rps / fl.rps);
-        let cpu_ratios = per_run(|x, fl| fl.cpu_us_per_request / x.cpu_us_per_request);
+        let ratio_per_run = pairwise(&filter_runs, &floor_runs, |x, fl| x.rps / fl.rps);
+        let cpu_ratios = pairwise(&filter_runs, &floor_runs, |x, fl| {
+            fl.cpu_us_per_request / x.cpu_us_per_request
+        });
         CoLocated {
             floor: floor.name(),
             filter: filter.name(),
@@ -1528,15 +1532,7 @@ impl SaturationVs {
         shadowplane: &StepReport,
         co_located: &CoLocated,
     ) -> SaturationVs {
-        // Both lists are in round order, one run per round: element i of each is round i.
-        let per_round = |a: &StepReport, b: &StepReport, f: fn(&Run, &Run) -> f64| -> Vec<f64> {
-            a.rounds
-                .iter()
-                .zip(&b.rounds)
-                .map(|(a, b)| f(a, b))
-                .collect()
-        };
-        let paired_per_round = per_round(shadowplane, floor_step, |s, f| s.rps / f.rps);
+        let paired_per_round = pairwise(shadowplane, floor_step, |s, f| s.rps / f.rps);
         SaturationVs {
             floor: floor.name(),
             floor_rps: floor_step.rps,
