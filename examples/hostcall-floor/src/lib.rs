@@ -20,7 +20,11 @@
 //! | log | `proxy_get_current_time_nanoseconds` | latency to the end of the response |
 //! | log | `proxy_record_metric` | the group's latency histogram in Envoy's stats |
 //!
-//! Its plugin configuration is the group name to route to, as plain text.
+//! Its plugin configuration is the group name to route to, as plain text, optionally followed
+//! by `without` and the pieces to leave out, so the bench can measure what each piece costs:
+//! `route` (the routing header), `stamp` (reading and removing the stamp), `clocks` (both clock
+//! reads) and `metric` (the histogram sample). `upstream without route stamp clocks metric`
+//! makes no hostcall per request at all: only the per-request state is left.
 
 #[cfg(target_arch = "wasm32")]
 mod filter {
@@ -39,10 +43,63 @@ mod filter {
         proxy_wasm::set_root_context(|_| Box::new(Root::default()));
     }}
 
+    /// The pieces of the per-request work this instance does; all of them unless configured
+    /// `without` some.
+    #[derive(Clone, Copy)]
+    struct Pieces {
+        route: bool,
+        stamp: bool,
+        clocks: bool,
+        metric: bool,
+    }
+
+    impl Default for Pieces {
+        fn default() -> Self {
+            Pieces {
+                route: true,
+                stamp: true,
+                clocks: true,
+                metric: true,
+            }
+        }
+    }
+
+    /// `GROUP [without PIECE...]`, or the word that is neither.
+    fn parse(config: &str) -> Result<(&str, Pieces), String> {
+        let mut words = config.split_whitespace();
+        let Some(group) = words.next() else {
+            return Err("the plugin configuration must be the group to route to".into());
+        };
+        let mut pieces = Pieces::default();
+        match words.next() {
+            None => return Ok((group, pieces)),
+            Some("without") => {}
+            Some(other) => {
+                return Err(format!("expected `without` after the group, not `{other}`"));
+            }
+        }
+        for word in words {
+            let piece = match word {
+                "route" => &mut pieces.route,
+                "stamp" => &mut pieces.stamp,
+                "clocks" => &mut pieces.clocks,
+                "metric" => &mut pieces.metric,
+                other => {
+                    return Err(format!(
+                        "unknown piece `{other}` (route, stamp, clocks or metric)"
+                    ));
+                }
+            };
+            *piece = false;
+        }
+        Ok((group, pieces))
+    }
+
     #[derive(Default)]
     struct Root {
         group: Rc<str>,
         histogram: u32,
+        pieces: Pieces,
     }
 
     impl Context for Root {}
@@ -58,15 +115,15 @@ mod filter {
             .flatten()
             .and_then(|b| String::from_utf8(b).ok())
             .unwrap_or_default();
-            let group = config.trim();
-            if group.is_empty() {
-                let _ = hostcalls::log(
-                    LogLevel::Error,
-                    "hostcall-floor: the plugin configuration must be the group to route to",
-                );
-                return false;
-            }
+            let (group, pieces) = match parse(&config) {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    let _ = hostcalls::log(LogLevel::Error, &format!("hostcall-floor: {e}"));
+                    return false;
+                }
+            };
             self.group = Rc::from(group);
+            self.pieces = pieces;
             match hostcalls::define_metric(MetricType::Histogram, "hostcall_floor.rq_time_ms") {
                 Ok(id) => self.histogram = id,
                 Err(_) => return false,
@@ -78,6 +135,7 @@ mod filter {
             Some(Box::new(Stream {
                 group: Rc::clone(&self.group),
                 histogram: self.histogram,
+                pieces: self.pieces,
                 start_ns: 0,
             }))
         }
@@ -90,6 +148,7 @@ mod filter {
     struct Stream {
         group: Rc<str>,
         histogram: u32,
+        pieces: Pieces,
         start_ns: u64,
     }
 
@@ -104,16 +163,23 @@ mod filter {
 
     impl HttpContext for Stream {
         fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-            self.start_ns = now_ns();
-            let _ = hostcalls::set_map_value(
-                MapType::HttpRequestHeaders,
-                ROUTE_HEADER,
-                Some(&self.group),
-            );
+            if self.pieces.clocks {
+                self.start_ns = now_ns();
+            }
+            if self.pieces.route {
+                let _ = hostcalls::set_map_value(
+                    MapType::HttpRequestHeaders,
+                    ROUTE_HEADER,
+                    Some(&self.group),
+                );
+            }
             Action::Continue
         }
 
         fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+            if !self.pieces.stamp {
+                return Action::Continue;
+            }
             if let Ok(Some(_stamp)) = hostcalls::get_map_value(MapType::HttpResponseHeaders, STAMP)
             {
                 let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, STAMP, None);
@@ -122,8 +188,14 @@ mod filter {
         }
 
         fn on_log(&mut self) {
-            let ms = now_ns().saturating_sub(self.start_ns) / 1_000_000;
-            let _ = hostcalls::record_metric(self.histogram, ms);
+            let ms = if self.pieces.clocks {
+                now_ns().saturating_sub(self.start_ns) / 1_000_000
+            } else {
+                0
+            };
+            if self.pieces.metric {
+                let _ = hostcalls::record_metric(self.histogram, ms);
+            }
         }
     }
 }
