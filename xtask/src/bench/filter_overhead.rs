@@ -2,21 +2,23 @@
 //! to real Envoy, next to Envoy without a Wasm filter and with two empty proxy-wasm filters.
 //!
 //! Five Envoys under test run side by side, identical but for their HTTP filters: none (router
-//! only), an empty module written in WAT (the floor cost of Envoy's V8 runtime), an empty filter
-//! on the proxy-wasm Rust SDK (that floor plus the SDK's dispatch, which exports every stream
-//! callback, so Envoy calls into V8 for body and trailer events too), the hostcall floor (the
-//! example filter that makes the shadowplane filter's per-request hostcalls and nothing else,
-//! on the same SDK and the same stamped route) and the shadowplane filter, on the same SDK,
-//! reporting to a real collector. The shadowplane filter is judged against both empty floors:
-//! the WAT one is what the issue names, the SDK one the lowest any filter on this SDK can reach,
-//! so the gap to it is the filter's own work. The hostcall floor is not judged: it splits that
-//! gap into what the per-request hostcalls cost Envoy and what the filter's logic costs. They all proxy to one more Envoy that
-//! answers with a `direct_response`, a fast C++ upstream that needs no extra install. A real
-//! load generator drives open-loop load at fixed rates (latency percentiles) and a closed-loop
-//! saturation run (throughput); the rounds interleave the five so a drift in the shared
-//! machine's load hits them alike, and the figures are medians over rounds. Each run also
-//! measures the Envoy's CPU time per request and the other work on the machine: a run that work
-//! disturbed is run again.
+//! only), an empty module written in WAT (the floor cost of Envoy's V8 runtime), an empty
+//! filter on the proxy-wasm Rust SDK (that floor plus the SDK's dispatch, which exports every
+//! stream callback, so Envoy calls into V8 for body and trailer events too), the hostcall floor
+//! (the example filter that makes the shadowplane filter's per-request hostcalls and nothing
+//! else, on the same SDK and the same stamped route) and the shadowplane filter, on the same
+//! SDK, reporting to a real collector. The shadowplane filter is judged against both empty
+//! floors: the WAT one is what the issue names, the SDK one the lowest any filter on this SDK
+//! can reach, so the gap to it is the filter's own work. The hostcall floor is not judged: it
+//! splits that gap into what the per-request hostcalls cost Envoy and what the filter's logic
+//! costs. Three more Envoys run the hostcall floor with pieces left out, one more each
+//! ([`FLOOR_SPLIT`]), measured only co-located with the full floor: they show where the floor's
+//! cost goes. They all proxy to one more Envoy that answers with a `direct_response`, a fast
+//! C++ upstream that needs no extra install. A real load generator drives open-loop load at
+//! fixed rates (latency percentiles) and a closed-loop saturation run (throughput); the rounds
+//! interleave the five so a drift in the shared machine's load hits them alike, and the figures
+//! are medians over rounds. Each run also measures the Envoy's CPU time per request and the
+//! other work on the machine: a run that work disturbed is run again.
 //!
 //! The Envoys under test share one core, the load generator and the upstream the other. Each
 //! round also runs pairs of them saturated at once, co-located ([`CO_LOCATED`]): they
@@ -70,8 +72,9 @@ const SATURATION_CONNECTIONS: u32 = 32;
 /// of [`CO_LOCATED`] at once.
 const CO_LOCATED_SECS: u32 = 4;
 /// Rounds over all configurations and steps; the report gives the median of each figure. Odd,
-/// so the median is a measured run; 5 rounds of five configurations keep the whole bench near
-/// 9 minutes, 10 with every retry spent (see [`planned_secs`]).
+/// so the median is a measured run; 5 rounds of five configurations alone and seven co-located
+/// pairs keep the whole bench near 11 minutes, 12 with every retry spent (see
+/// [`planned_secs`]).
 const ROUNDS: usize = 5;
 /// A run during which other work on the machine (other builds, the hypervisor) took more than
 /// this many cores on average is run again, up to [`MAX_RETRIES_PER_RUN`] times and
@@ -89,6 +92,7 @@ const WARMUP_SECS: u32 = 3;
 /// longest run. Builds, start-up and the telemetry check add some seconds to it.
 const fn planned_secs() -> u32 {
     let configs = Config::ALL.len() as u32;
+    let started = Config::STARTED.len() as u32;
     let round = RATES.len() as u32 * RATE_SECS + SATURATION_SECS;
     let longest = if RATE_SECS > SATURATION_SECS {
         RATE_SECS
@@ -96,12 +100,13 @@ const fn planned_secs() -> u32 {
         SATURATION_SECS
     };
     let co_located = CO_LOCATED.len() as u32 * CO_LOCATED_SECS;
-    ROUNDS as u32 * (configs * (WARMUP_SECS + round) + co_located) + RETRY_BUDGET as u32 * longest
+    ROUNDS as u32 * (started * WARMUP_SECS + configs * round + co_located)
+        + RETRY_BUDGET as u32 * longest
 }
-/// The bench must stay under 10 minutes with its builds cached (plus the Envoys' start-ups):
+/// The bench must stay under 12 minutes with its builds cached (plus the Envoys' start-ups):
 /// more rounds, configurations or longer runs have to fit into this, or the constants above
 /// change together.
-const MAX_PLANNED_SECS: u32 = 600;
+const MAX_PLANNED_SECS: u32 = 720;
 const _: () = assert!(planned_secs() <= MAX_PLANNED_SECS);
 
 /// The shadowplane filter's targets, from the issue, each judged against both floors.
@@ -283,7 +288,8 @@ const SHADOWPLANE_FILTER: &str = r#"          - name: shadowplane
                   "@type": type.googleapis.com/google.protobuf.StringValue
                   value: {{FILTER_CONFIG}}"#;
 
-/// The five configurations, in report order.
+/// The configurations: the five measured alone and co-located, in report order, then the
+/// hostcall floor's variants, measured only co-located with it ([`FLOOR_SPLIT`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Config {
     None,
@@ -291,16 +297,31 @@ enum Config {
     EmptySdk,
     HostcallFloor,
     Shadowplane,
+    FloorNoRoute,
+    FloorNoRouteStamp,
+    FloorNoHostcalls,
 }
 
 impl Config {
     const COUNT: usize = 5;
+    /// The configurations measured alone at every step, in report order.
     const ALL: [Config; Config::COUNT] = [
         Config::None,
         Config::EmptyWat,
         Config::EmptySdk,
         Config::HostcallFloor,
         Config::Shadowplane,
+    ];
+    /// Every configuration a round starts an Envoy for.
+    const STARTED: [Config; 8] = [
+        Config::None,
+        Config::EmptyWat,
+        Config::EmptySdk,
+        Config::HostcallFloor,
+        Config::Shadowplane,
+        Config::FloorNoRoute,
+        Config::FloorNoRouteStamp,
+        Config::FloorNoHostcalls,
     ];
     /// What the shadowplane filter is judged against, in report order: the SDK floor first,
     /// as the one a filter on this SDK can reach.
@@ -318,6 +339,9 @@ impl Config {
             Config::EmptySdk => "empty-sdk",
             Config::HostcallFloor => "hostcall-floor",
             Config::Shadowplane => "shadowplane",
+            Config::FloorNoRoute => "floor-no-route",
+            Config::FloorNoRouteStamp => "floor-no-route-stamp",
+            Config::FloorNoHostcalls => "floor-no-hostcalls",
         }
     }
 
@@ -333,13 +357,36 @@ impl Config {
                  and stamped route: what those hostcalls cost Envoy"
             }
             Config::Shadowplane => "shadowplane filter (V8, routing and telemetry)",
+            Config::FloorNoRoute => {
+                "the hostcall floor without the routing header: the route falls back to \
+                 weighted_clusters, matched once"
+            }
+            Config::FloorNoRouteStamp => {
+                "the hostcall floor without the routing header and the stamp, on a route that \
+                 sets no stamp"
+            }
+            Config::FloorNoHostcalls => {
+                "the hostcall floor without any per-request hostcall: only its per-request state"
+            }
         }
+    }
+
+    /// The hostcall floor's plugin configuration for this configuration, if it runs the floor.
+    fn floor_config(self) -> Option<String> {
+        let without = match self {
+            Config::HostcallFloor => "",
+            Config::FloorNoRoute => " without route",
+            Config::FloorNoRouteStamp => " without route stamp",
+            Config::FloorNoHostcalls => " without route stamp clocks metric",
+            _ => return None,
+        };
+        Some(format!("{GROUP}{without}"))
     }
 
     /// Route configuration lines only the filters that read the stamp get.
     fn route_stamp(self) -> &'static str {
         match self {
-            Config::HostcallFloor | Config::Shadowplane => ROUTE_STAMP,
+            Config::HostcallFloor | Config::Shadowplane | Config::FloorNoRoute => ROUTE_STAMP,
             _ => "",
         }
     }
@@ -359,11 +406,14 @@ impl Config {
             Config::None => Ok(String::new()),
             Config::EmptyWat => empty(&modules.empty_wat),
             Config::EmptySdk => empty(&modules.empty_sdk),
-            Config::HostcallFloor => Ok(render(
+            Config::HostcallFloor
+            | Config::FloorNoRoute
+            | Config::FloorNoRouteStamp
+            | Config::FloorNoHostcalls => Ok(render(
                 HOSTCALL_FLOOR_FILTER,
                 &[
                     ("WASM_PATH", yaml_string(&modules.hostcall_floor)?),
-                    ("GROUP", GROUP.to_owned()),
+                    ("GROUP", self.floor_config().unwrap_or_default()),
                 ],
             )),
             Config::Shadowplane => Ok(render(
@@ -409,15 +459,41 @@ impl Step {
 }
 
 /// The pairs saturated together each round, (floor, filter): the filter's throughput over the
-/// floor's is what is reported. The first two are what the saturation targets judge; the other
+/// floor's is what is reported. The first two are what the saturation targets judge; the next
 /// two split the gap to the SDK floor into the per-request hostcalls' cost (the hostcall floor
 /// against the empty SDK filter) and the filter's own logic (shadowplane against the hostcall
-/// floor).
-const CO_LOCATED: [(Config, Config); 4] = [
+/// floor); the last three split the hostcall floor's own cost ([`FLOOR_SPLIT`]).
+const CO_LOCATED: [(Config, Config); 7] = [
     (Config::EmptySdk, Config::Shadowplane),
     (Config::EmptyWat, Config::Shadowplane),
     (Config::EmptySdk, Config::HostcallFloor),
     (Config::HostcallFloor, Config::Shadowplane),
+    (Config::HostcallFloor, Config::FloorNoRoute),
+    (Config::HostcallFloor, Config::FloorNoRouteStamp),
+    (Config::HostcallFloor, Config::FloorNoHostcalls),
+];
+
+/// Where the hostcall floor's cost goes: each configuration leaves out one more piece than the
+/// one before, and is co-located with the full floor (the empty SDK filter, the last, leaves
+/// out the floor's per-request state too). Not a target: it shows which of the specified
+/// behaviours the floor's cost comes from.
+const FLOOR_SPLIT: [(Config, &str); 4] = [
+    (
+        Config::FloorNoRoute,
+        "the routing header (Envoy no longer matches the routes a second time)",
+    ),
+    (
+        Config::FloorNoRouteStamp,
+        "and the route's stamp (formatted by Envoy, read, removed)",
+    ),
+    (
+        Config::FloorNoHostcalls,
+        "and the two clock reads and the histogram sample",
+    ),
+    (
+        Config::EmptySdk,
+        "and the per-request state: the empty SDK filter",
+    ),
 ];
 
 /// The [`Measured`] key of the co-located runs of `floor` and `filter`.
@@ -550,9 +626,10 @@ async fn measure(oha: &Path, modules: &Modules) -> Result<(Measured, Verificatio
         .await
         .context("the upstream Envoy did not start")?;
     println!(
-        "measuring: {ROUNDS} rounds of {} configurations, each round with Envoys of its own, {} s \
-         of load at most with every retry",
+        "measuring: {ROUNDS} rounds of {} configurations alone and {} co-located pairs, each round \
+         with Envoys of its own, {} s of load at most with every retry",
         Config::ALL.len(),
+        CO_LOCATED.len(),
         planned_secs()
     );
     let mut measured = Measured::new();
@@ -660,7 +737,7 @@ async fn start_round<'a>(
     let upstream_port = upstream.listener_port(LISTENER).await;
     let collector = Collector::start(TELEMETRY_TOKEN).await;
     let mut envoys = BTreeMap::new();
-    for config in Config::ALL {
+    for config in Config::STARTED {
         let filter = config.filter_yaml(modules)?;
         let bootstrap = render(
             BOOTSTRAP,
@@ -714,14 +791,14 @@ async fn start_round<'a>(
             );
         }
     }
-    for config in Config::ALL {
+    for config in Config::STARTED {
         bench
             .load(config, Load::Rate(WARMUP_RATE, WARMUP_SECS))
             .await?;
     }
     println!(
         "round: {} Envoys answer 200 and are warmed up ({WARMUP_SECS} s at {WARMUP_RATE}/s each)",
-        Config::ALL.len()
+        Config::STARTED.len()
     );
     Ok((bench, collector))
 }
@@ -1250,6 +1327,8 @@ struct Report {
     configs: Vec<ConfigReport>,
     /// In [`CO_LOCATED`] order.
     co_located: Vec<CoLocated>,
+    /// In [`FLOOR_SPLIT`] order; a step whose runs are missing is left out.
+    floor_split: Vec<FloorPiece>,
     derived: Derived,
     targets: Vec<Target>,
     telemetry_check: Verification,
@@ -1489,6 +1568,46 @@ impl CoLocated {
     }
 }
 
+/// One step of [`FLOOR_SPLIT`]: a configuration that leaves out one more piece of the hostcall
+/// floor than the step before, against the full floor, co-located. Both figures are cumulative.
+#[derive(Debug, Serialize)]
+struct FloorPiece {
+    variant: &'static str,
+    /// What leaving it out removes, over the steps before.
+    removed: &'static str,
+    /// The variant's rq/s over the full floor's in the same run, median over runs.
+    throughput_vs_floor: f64,
+    /// The full floor's Envoy CPU per request minus the variant's in the same run, median over
+    /// runs, in µs.
+    cpu_saved_us_per_request: f64,
+}
+
+impl FloorPiece {
+    /// The step of `variant` from the co-located runs, whichever side of the pair the full
+    /// floor is on; `None` without runs.
+    fn new(variant: Config, removed: &'static str, all: &[CoLocated]) -> Option<FloorPiece> {
+        let floor = Config::HostcallFloor;
+        let (full, less) = match CoLocated::find(all, floor, variant) {
+            Some(c) => (&c.floor_runs, &c.filter_runs),
+            None => {
+                let c = CoLocated::find(all, variant, floor)?;
+                (&c.filter_runs, &c.floor_runs)
+            }
+        };
+        if full.rounds.is_empty() || less.rounds.is_empty() {
+            return None;
+        }
+        Some(FloorPiece {
+            variant: variant.name(),
+            removed,
+            throughput_vs_floor: median(&pairwise(less, full, |l, f| l.rps / f.rps)),
+            cpu_saved_us_per_request: median(&pairwise(full, less, |f, l| {
+                f.cpu_us_per_request - l.cpu_us_per_request
+            })),
+        })
+    }
+}
+
 /// The shadowplane filter's saturation throughput against one floor's, three ways.
 ///
 /// The target judges `co_located_median`. Run one after the other, even in the same round and
@@ -1662,11 +1781,16 @@ impl Report {
             }
             targets.push(target);
         }
+        let floor_split = FLOOR_SPLIT
+            .into_iter()
+            .filter_map(|(variant, removed)| FloorPiece::new(variant, removed, &co_located))
+            .collect();
         Report {
             bench: "filter-overhead",
             environment,
             configs,
             co_located,
+            floor_split,
             derived,
             targets,
             telemetry_check,
@@ -1865,6 +1989,33 @@ impl Report {
             );
         }
         out.push('\n');
+        if !self.floor_split.is_empty() {
+            out.push_str(
+                "Where the hostcall floor's cost goes (co-located with it; each step leaves out \
+                 one more piece):\n\n",
+            );
+            header(
+                &mut out,
+                &[
+                    "left out of the hostcall floor",
+                    "configuration",
+                    "rq/s over the floor's: median",
+                    "Envoy CPU saved per request: median",
+                ],
+            );
+            for p in &self.floor_split {
+                line(
+                    &mut out,
+                    vec![
+                        p.removed.to_owned(),
+                        p.variant.to_owned(),
+                        format!("{:.3}", p.throughput_vs_floor),
+                        format!("{:.1} µs", p.cpu_saved_us_per_request),
+                    ],
+                );
+            }
+            out.push('\n');
+        }
         let e = &self.environment;
         if e.disturbed_runs_kept > 0 {
             out.push_str(&format!(
@@ -2083,6 +2234,50 @@ mod tests {
         );
         assert_eq!(Config::FLOORS.map(Config::name), ["empty-sdk", "empty-wat"]);
         assert!(planned_secs() <= MAX_PLANNED_SECS);
+        // The Envoys each round starts: the five, then the floor's variants, each once.
+        assert_eq!(Config::STARTED[..Config::COUNT], Config::ALL);
+        let mut started = Config::STARTED.map(Config::name).to_vec();
+        started.sort();
+        started.dedup();
+        assert_eq!(started.len(), Config::STARTED.len());
+    }
+
+    #[test]
+    fn the_floor_variants_leave_out_their_pieces_and_the_stamp_with_it() {
+        let modules = Modules {
+            empty_wat: PathBuf::from("/b/wat.wasm"),
+            empty_sdk: PathBuf::from("/b/sdk.wasm"),
+            hostcall_floor: PathBuf::from("/b/floor.wasm"),
+            shadowplane: PathBuf::from("/b/sp.wasm"),
+        };
+        for (config, value, stamped) in [
+            (Config::HostcallFloor, "value: upstream\n", true),
+            (
+                Config::FloorNoRoute,
+                "value: upstream without route\n",
+                true,
+            ),
+            (
+                Config::FloorNoRouteStamp,
+                "value: upstream without route stamp\n",
+                false,
+            ),
+            (
+                Config::FloorNoHostcalls,
+                "value: upstream without route stamp clocks metric\n",
+                false,
+            ),
+        ] {
+            let yaml = config.filter_yaml(&modules).unwrap() + "\n";
+            assert!(yaml.contains("filename: \"/b/floor.wasm\""), "{yaml}");
+            assert!(yaml.contains(value), "{}: {yaml}", config.name());
+            assert_eq!(
+                !config.route_stamp().is_empty(),
+                stamped,
+                "{}",
+                config.name()
+            );
+        }
     }
 
     #[test]
@@ -2200,6 +2395,77 @@ mod tests {
 
     fn pair(floor: Config, filter: Config, floor_rps: &[f64], filter_rps: &[f64]) -> CoLocated {
         CoLocated::from_runs(floor, filter, step_of(floor_rps), step_of(filter_rps))
+    }
+
+    /// Runs at `rps`, each with its CPU per request from `cpu`.
+    fn step_with_cpu(rps: &[f64], cpu: &[f64]) -> StepReport {
+        let runs: Vec<Run> = rps
+            .iter()
+            .zip(cpu)
+            .map(|(&r, &c)| Run {
+                cpu_us_per_request: c,
+                ..run(r)
+            })
+            .collect();
+        StepReport::new(None, &runs)
+    }
+
+    #[test]
+    fn the_floor_split_reads_each_pair_from_the_full_floors_side() {
+        let floor = Config::HostcallFloor;
+        let all = vec![
+            // The full floor as the pair's floor: the variant is the filter side.
+            CoLocated::from_runs(
+                floor,
+                Config::FloorNoRoute,
+                step_with_cpu(&[1000.0, 1000.0, 900.0], &[80.0, 80.0, 90.0]),
+                step_with_cpu(&[1050.0, 1100.0, 900.0], &[76.0, 73.0, 90.0]),
+            ),
+            // The empty SDK filter is the pair's floor: the full floor is the filter side.
+            CoLocated::from_runs(
+                Config::EmptySdk,
+                floor,
+                step_with_cpu(&[1140.0, 1200.0, 1000.0], &[70.0, 67.0, 80.0]),
+                step_with_cpu(&[1000.0, 1000.0, 1000.0], &[80.0, 80.0, 90.0]),
+            ),
+        ];
+        let no_route = FloorPiece::new(Config::FloorNoRoute, "route", &all).unwrap();
+        assert_eq!(no_route.variant, "floor-no-route");
+        assert_eq!(no_route.throughput_vs_floor, 1.05);
+        assert_eq!(no_route.cpu_saved_us_per_request, 4.0);
+        let sdk = FloorPiece::new(Config::EmptySdk, "state", &all).unwrap();
+        assert_eq!(sdk.throughput_vs_floor, 1.14);
+        assert_eq!(sdk.cpu_saved_us_per_request, 10.0);
+        // A step without runs is left out rather than reported as 0 or NaN.
+        assert!(FloorPiece::new(Config::FloorNoHostcalls, "all", &all).is_none());
+        let empty = vec![CoLocated::from_runs(
+            floor,
+            Config::FloorNoRouteStamp,
+            step_of(&[]),
+            step_of(&[]),
+        )];
+        assert!(FloorPiece::new(Config::FloorNoRouteStamp, "stamp", &empty).is_none());
+    }
+
+    #[test]
+    fn every_floor_split_step_is_co_located_with_the_full_floor() {
+        for (variant, _) in FLOOR_SPLIT {
+            let floor = Config::HostcallFloor;
+            assert!(
+                CO_LOCATED.contains(&(floor, variant)) || CO_LOCATED.contains(&(variant, floor)),
+                "{} is not paired with the hostcall floor",
+                variant.name()
+            );
+            assert!(Config::STARTED.contains(&variant));
+        }
+        for c in Config::STARTED {
+            assert_eq!(
+                c.floor_config().is_some(),
+                c == Config::HostcallFloor || c.name().starts_with("floor-"),
+                "{}",
+                c.name()
+            );
+        }
     }
 
     #[test]
