@@ -413,7 +413,11 @@ impl Config {
                 HOSTCALL_FLOOR_FILTER,
                 &[
                     ("WASM_PATH", yaml_string(&modules.hostcall_floor)?),
-                    ("GROUP", self.floor_config().unwrap_or_default()),
+                    (
+                        "GROUP",
+                        self.floor_config()
+                            .with_context(|| format!("`{}` runs no hostcall floor", self.name()))?,
+                    ),
                 ],
             )),
             Config::Shadowplane => Ok(render(
