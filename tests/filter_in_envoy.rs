@@ -142,7 +142,7 @@ async fn injected_delay_shows_in_the_merged_p50() {
     let client_p50 = res.latency_us.quantile(0.5).unwrap();
     let merged_p50 = {
         let mut all = slow.clone();
-        all.merge(&fast);
+        all.merge(&fast).unwrap();
         all.quantile(0.5).unwrap()
     };
     assert!(

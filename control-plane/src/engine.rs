@@ -165,7 +165,10 @@ fn pooled_p99_ms(
     }
     let mut merged = shadowplane_wire::LatencySketch::new();
     for sketch in pool.iter().rev() {
-        merged.merge(sketch);
+        // Stored windows each decode, so only counts near u64::MAX fail here: stop pooling.
+        if merged.merge(sketch).is_err() {
+            break;
+        }
         if merged.count() >= LATENCY_POOL_REQUESTS {
             break;
         }
@@ -1132,7 +1135,10 @@ fn merged(store: &Store, group: &str, since_ms: u64) -> ClusterStats {
     let mut all = ClusterStats::new(group);
     if let Ok(windows) = store.windows(group, since_ms) {
         for w in windows.iter().filter(|w| w.start_ms >= since_ms) {
-            all.merge(&w.stats);
+            // Only counts near u64::MAX fail: the windows merged so far stand.
+            if all.merge(&w.stats).is_err() {
+                break;
+            }
         }
     }
     all

@@ -678,9 +678,13 @@ impl ControlPlane {
             self.count("rejected_malformed");
             ApiError::BadRequest(format!("report: {e}"))
         })?;
-        self.store
-            .ingest(&report, now_ms())
-            .map_err(|e| ApiError::Internal(e.to_string()))
+        self.store.ingest(&report, now_ms()).map_err(|e| match e {
+            crate::store::StoreError::Unmergeable { .. } => {
+                self.count("rejected_malformed");
+                ApiError::BadRequest(e.to_string())
+            }
+            e => ApiError::Internal(e.to_string()),
+        })
     }
 
     /// Counts a rejected report.

@@ -46,6 +46,17 @@ pub enum StoreError {
         /// What the decoder said.
         reason: String,
     },
+    /// A report that is valid on its own but cannot be added to what is stored (a count would
+    /// overflow): it is refused and the stored window stays as it was.
+    #[error("telemetry store: report cannot be merged into window {cluster}@{start_ms}: {reason}")]
+    Unmergeable {
+        /// The cluster.
+        cluster: String,
+        /// The window start.
+        start_ms: u64,
+        /// What the merge said.
+        reason: String,
+    },
 }
 
 fn dberr<E: std::fmt::Display>(e: E) -> StoreError {
@@ -140,7 +151,16 @@ impl Store {
                             stats: ClusterStats::new(stats.cluster.clone()),
                         },
                     };
-                    merged.stats.merge(stats);
+                    // An error returns before the commit: the transaction is dropped and
+                    // nothing of this report is stored.
+                    merged
+                        .stats
+                        .merge(stats)
+                        .map_err(|e| StoreError::Unmergeable {
+                            cluster: stats.cluster.clone(),
+                            start_ms: start,
+                            reason: e.to_string(),
+                        })?;
                     merged.reports += 1;
                     windows
                         .insert(wkey, encode_window(&merged).as_slice())
@@ -329,7 +349,11 @@ impl Store {
             match out.last_mut() {
                 Some((c, n, s)) if c == cluster => {
                     *n += 1;
-                    s.merge(&w.stats);
+                    s.merge(&w.stats).map_err(|e| StoreError::Unmergeable {
+                        cluster: cluster.to_string(),
+                        start_ms: start,
+                        reason: e.to_string(),
+                    })?;
                 }
                 _ => out.push((cluster.to_string(), 1, w.stats)),
             }
@@ -409,6 +433,30 @@ mod tests {
                 ..ClusterStats::new(cluster)
             }],
         }
+    }
+
+    #[test]
+    fn a_report_that_would_overflow_the_window_is_refused_and_nothing_stored_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.redb"), 1000, 3_600_000).unwrap();
+        let now = 5_002_000;
+        let mut first = report("a", "0", 1, 5_000_400, "blue", 10, 1000.0);
+        first.clusters[0].request_bytes = 5;
+        store.ingest(&first, now).unwrap();
+        // Valid on its own; its byte count overflows the stored window's once added.
+        let mut huge = report("b", "0", 1, 5_000_500, "blue", 1, 1000.0);
+        huge.clusters[0].request_bytes = u64::MAX;
+        let before = store.windows("blue", 0).unwrap();
+        let err = store.ingest(&huge, now).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Unmergeable { ref cluster, .. } if cluster == "blue"),
+            "{err}"
+        );
+        assert_eq!(store.windows("blue", 0).unwrap(), before);
+        // Not marked as seen either: once the sender fixes it, the same sequence is taken.
+        huge.clusters[0].request_bytes = 1;
+        assert_eq!(store.ingest(&huge, now).unwrap(), Ingested::Stored);
+        assert_eq!(store.windows("blue", 0).unwrap()[0].stats.requests, 11);
     }
 
     #[test]

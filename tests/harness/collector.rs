@@ -158,7 +158,9 @@ impl Collector {
         let mut merged = ClusterStats::new(cluster);
         for report in &self.store().reports {
             for c in report.clusters.iter().filter(|c| c.cluster == cluster) {
-                merged.merge(c);
+                merged
+                    .merge(c)
+                    .expect("the collector's reports merge without overflow");
             }
         }
         merged

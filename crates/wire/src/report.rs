@@ -131,19 +131,32 @@ impl ClusterStats {
 
     /// Adds `other`'s counts and samples into `self` (the cluster names must match; the caller
     /// keys by name).
-    pub fn merge(&mut self, other: &ClusterStats) {
-        self.requests += other.requests;
-        self.responses_2xx += other.responses_2xx;
-        self.responses_3xx += other.responses_3xx;
-        self.responses_4xx += other.responses_4xx;
-        self.responses_5xx += other.responses_5xx;
-        self.no_response += other.no_response;
-        self.local_resets += other.local_resets;
-        self.upstream_resets += other.upstream_resets;
-        self.timeouts += other.timeouts;
-        self.request_bytes += other.request_bytes;
-        self.response_bytes += other.response_bytes;
-        self.latency.merge(&other.latency);
+    ///
+    /// Fails, leaving `self` as it was, when a count would overflow or the latency sum would
+    /// stop being finite: each report can be valid on its own and their merge not, and a
+    /// stored merge that does not decode would refuse every later report of its window.
+    pub fn merge(&mut self, other: &ClusterStats) -> Result<()> {
+        let mut next = self.clone();
+        for (field, mine, theirs) in [
+            ("requests", &mut next.requests, other.requests),
+            ("responses_2xx", &mut next.responses_2xx, other.responses_2xx),
+            ("responses_3xx", &mut next.responses_3xx, other.responses_3xx),
+            ("responses_4xx", &mut next.responses_4xx, other.responses_4xx),
+            ("responses_5xx", &mut next.responses_5xx, other.responses_5xx),
+            ("no_response", &mut next.no_response, other.no_response),
+            ("local_resets", &mut next.local_resets, other.local_resets),
+            ("upstream_resets", &mut next.upstream_resets, other.upstream_resets),
+            ("timeouts", &mut next.timeouts, other.timeouts),
+            ("request_bytes", &mut next.request_bytes, other.request_bytes),
+            ("response_bytes", &mut next.response_bytes, other.response_bytes),
+        ] {
+            *mine = mine
+                .checked_add(theirs)
+                .ok_or_else(|| Error::report(field, "overflows when merged"))?;
+        }
+        next.latency.merge(&other.latency)?;
+        *self = next;
+        Ok(())
     }
 
     /// Responses by class, then streams with none: these add up to `requests`.
@@ -396,6 +409,20 @@ mod tests {
         r.clusters[0].requests += 1;
         let err = Report::decode(&r.encode()).unwrap_err().to_string();
         assert!(err.contains("clusters[0].requests"), "{err}");
+    }
+
+    #[test]
+    fn a_merge_that_would_overflow_fails_naming_the_field_and_changes_nothing() {
+        let mut a = sample().clusters.remove(0);
+        let before = a.clone();
+        let mut b = a.clone();
+        b.response_bytes = u64::MAX;
+        let err = a.merge(&b).unwrap_err().to_string();
+        assert!(err.contains("response_bytes"), "{err}");
+        assert_eq!(a, before);
+        a.merge(&before).unwrap();
+        assert_eq!(a.requests, 2 * before.requests);
+        assert_eq!(a.latency.count(), 2 * before.latency.count());
     }
 
     #[test]

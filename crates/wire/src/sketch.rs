@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use crate::error::{Error, Result};
 
 /// The relative-error bound of every quantile the sketch returns: for any `q`, the estimate `x̂`
-/// of the true rank-`q` sample `x` satisfies `|x̂ - x| <= RELATIVE_ACCURACY * x`.
+/// of the true rank-`q` sample `x` satisfies `|x̂ - x| <= RELATIVE_ACCURACY * x`, for samples
+/// between 1e-9 and about 1e71 (the keys' range). Smaller samples count as zero, larger ones in
+/// the top bucket; a latency in microseconds is never either.
 pub const RELATIVE_ACCURACY: f64 = 0.01;
 
 /// Values at or below this (in the sketch's unit) count in the zero bucket.
@@ -84,9 +86,21 @@ impl LatencySketch {
 
     /// Adds every sample of `other` into `self`. Bin-by-bin addition, so merging the sketches
     /// of several workers gives exactly the sketch of all their samples.
-    pub fn merge(&mut self, other: &LatencySketch) {
+    ///
+    /// Fails, leaving `self` as it was, when the count would overflow or the sum would stop
+    /// being finite: only broken or hostile input gets there, and the merged sketch would not
+    /// decode. Each bin holds at most the count, so no bin can overflow when the count does not.
+    pub fn merge(&mut self, other: &LatencySketch) -> Result<()> {
         if other.count == 0 {
-            return;
+            return Ok(());
+        }
+        let count = self
+            .count
+            .checked_add(other.count)
+            .ok_or_else(|| Error::report("latency.count", "overflows when merged"))?;
+        let sum = self.sum + other.sum;
+        if !sum.is_finite() {
+            return Err(Error::report("latency.sum", "is not finite when merged"));
         }
         for (k, c) in &other.bins {
             *self.bins.entry(*k).or_insert(0) += c;
@@ -99,8 +113,9 @@ impl LatencySketch {
             self.max = self.max.max(other.max);
         }
         self.zero_count += other.zero_count;
-        self.count += other.count;
-        self.sum += other.sum;
+        self.count = count;
+        self.sum = sum;
+        Ok(())
     }
 
     /// Number of samples.
@@ -289,6 +304,27 @@ mod tests {
     }
 
     #[test]
+    fn a_merge_that_would_overflow_fails_and_changes_nothing() {
+        let huge = LatencySketch::from_parts("a", &[100], &[u64::MAX - 1], 0, 1.0, 1.0, 1.0)
+            .unwrap();
+        let mut s = LatencySketch::new();
+        s.add(5.0);
+        s.add(5.0);
+        let before = s.clone();
+        let err = s.merge(&huge).unwrap_err();
+        assert!(err.to_string().contains("latency.count"), "{err}");
+        assert_eq!(s.count(), before.count());
+        assert_eq!(s.bins, before.bins);
+
+        let big_sum =
+            LatencySketch::from_parts("b", &[100], &[1], 0, f64::MAX, 1.0, 1.0).unwrap();
+        let mut t = big_sum.clone();
+        let err = t.merge(&big_sum).unwrap_err();
+        assert!(err.to_string().contains("latency.sum"), "{err}");
+        assert_eq!(t.sum(), f64::MAX);
+    }
+
+    #[test]
     fn single_value_is_returned_within_bound() {
         let mut s = LatencySketch::new();
         s.add(20_000.0);
@@ -323,7 +359,7 @@ mod tests {
                 pieces[i % parts].add(*x);
             }
             let mut merged = LatencySketch::new();
-            for p in &pieces { merged.merge(p); }
+            for p in &pieces { merged.merge(p).unwrap(); }
             prop_assert_eq!(merged.count(), whole.count());
             prop_assert_eq!(&merged.bins, &whole.bins);
             for q in [0.0, 0.1, 0.5, 0.9, 0.99, 0.999, 1.0] {
