@@ -71,6 +71,18 @@ fn property(path: &[&str]) -> Option<Vec<u8>> {
 /// envoy-config/filter-static/routes.yaml); read and removed in `on_http_response_headers`.
 const UPSTREAM_HEADER: &str = "x-shadowplane-upstream";
 
+/// A header's value as bytes. The SDK's `get_map_value` panics (and so traps the VM) on a value
+/// that is not UTF-8, which HTTP allows (obs-text, 0x80 to 0xFF) and any client or upstream can
+/// send: every header is read as bytes.
+fn header_bytes(map: MapType, name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(map, name).ok().flatten()
+}
+
+/// A header's value as text; a value that is not UTF-8 counts as absent.
+fn header(map: MapType, name: &str) -> Option<String> {
+    header_bytes(map, name).and_then(|b| String::from_utf8(b).ok())
+}
+
 fn property_string(path: &[&str]) -> Option<String> {
     property(path).and_then(|b| String::from_utf8(b).ok())
 }
@@ -304,9 +316,7 @@ impl Context for Root {
         let Some(sequence) = self.pending.remove(&token) else {
             return;
         };
-        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten();
+        let status = header(MapType::HttpCallResponseHeaders, ":status");
         let ok = status
             .as_deref()
             .is_some_and(|s| s.starts_with('2') && s.len() == 3);
@@ -439,16 +449,15 @@ struct Stream {
 }
 
 impl Stream {
-    fn session_key(&self, router: &Router) -> Option<String> {
+    /// The session key's bytes: a key that is not UTF-8 is still a key, and stays sticky.
+    fn session_key(&self, router: &Router) -> Option<Vec<u8>> {
         match router.session_key()? {
-            SessionKey::Header(h) => hostcalls::get_map_value(MapType::HttpRequestHeaders, h)
-                .ok()
-                .flatten(),
+            SessionKey::Header(h) => header_bytes(MapType::HttpRequestHeaders, h),
             SessionKey::Cookie(c) => {
-                let header = hostcalls::get_map_value(MapType::HttpRequestHeaders, "cookie")
-                    .ok()
-                    .flatten()?;
-                cookie_value(&header, c).map(str::to_string)
+                let header = header_bytes(MapType::HttpRequestHeaders, "cookie")?;
+                // Cookie names are tokens (ASCII), so a lossy view finds them; a value with
+                // bytes outside UTF-8 maps to the same replacement text every time.
+                cookie_value(&String::from_utf8_lossy(&header), c).map(|v| v.as_bytes().to_vec())
             }
         }
     }
@@ -466,7 +475,7 @@ impl HttpContext for Stream {
             RoutingMode::Random => None,
         };
         let group = match sticky {
-            Some(key) => router.pick_sticky(key.as_bytes()),
+            Some(key) => router.pick_sticky(&key),
             None => router.pick_random(with_vm(|vm| vm.rng.u64(..)).unwrap_or(0)),
         };
         // Setting a request header makes Envoy clear its route cache, so the route's
@@ -489,9 +498,7 @@ impl HttpContext for Stream {
         // evaluation) and a second lookup for `:status`, each of which also calls into the VM
         // to allocate the answer. Without the stamp (a route that does not set it), `on_log`
         // falls back to the attribute; without a code in it (a local reply), `:status` is read.
-        let stamped = hostcalls::get_map_value(MapType::HttpResponseHeaders, UPSTREAM_HEADER)
-            .ok()
-            .flatten();
+        let stamped = header(MapType::HttpResponseHeaders, UPSTREAM_HEADER);
         if let Some(stamp) = stamped {
             // Clients never see it.
             let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, UPSTREAM_HEADER, None);
@@ -509,9 +516,7 @@ impl HttpContext for Stream {
             });
         }
         if self.status.is_none() {
-            self.status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
-                .ok()
-                .flatten()
+            self.status = header(MapType::HttpResponseHeaders, ":status")
                 .and_then(|s| s.parse::<u32>().ok())
                 .filter(|c| *c > 0);
         }

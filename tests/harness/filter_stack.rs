@@ -120,7 +120,7 @@ impl FilterStack {
             ),
             ("port_value: 8082", format!("port_value: {}", shadow.port())),
             (
-                "port_value: 9090",
+                "port_value: 18001",
                 format!("port_value: {}", collector.port()),
             ),
             ("envoy-config/filter-static", dyn_dir),

@@ -75,7 +75,9 @@ impl LoadResult {
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
-        self.latency_us.merge(&other.latency_us);
+        self.latency_us
+            .merge(&other.latency_us)
+            .expect("one test's latencies merge without overflow");
     }
 }
 
@@ -114,6 +116,12 @@ impl Client {
         self.request(Method::POST, url, headers, body.into()).await
     }
 
+    /// GETs `url` with header values given as bytes, which HTTP allows beyond UTF-8
+    /// (obs-text, 0x80 to 0xFF).
+    pub async fn get_bytes(&self, url: &str, headers: &[(&str, &[u8])]) -> anyhow::Result<Reply> {
+        self.send(Method::GET, url, headers, Bytes::new()).await
+    }
+
     /// Sends one request and reads the whole response.
     pub async fn request(
         &self,
@@ -122,9 +130,19 @@ impl Client {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> anyhow::Result<Reply> {
+        self.send(method, url, headers, body).await
+    }
+
+    async fn send<V: AsRef<[u8]>>(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, V)],
+        body: Bytes,
+    ) -> anyhow::Result<Reply> {
         let mut req = Request::builder().method(method.clone()).uri(url);
         for (name, value) in headers {
-            req = req.header(*name, *value);
+            req = req.header(*name, value.as_ref());
         }
         let req = req
             .body(Full::new(body))
