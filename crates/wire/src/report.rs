@@ -139,16 +139,44 @@ impl ClusterStats {
         let mut next = self.clone();
         for (field, mine, theirs) in [
             ("requests", &mut next.requests, other.requests),
-            ("responses_2xx", &mut next.responses_2xx, other.responses_2xx),
-            ("responses_3xx", &mut next.responses_3xx, other.responses_3xx),
-            ("responses_4xx", &mut next.responses_4xx, other.responses_4xx),
-            ("responses_5xx", &mut next.responses_5xx, other.responses_5xx),
+            (
+                "responses_2xx",
+                &mut next.responses_2xx,
+                other.responses_2xx,
+            ),
+            (
+                "responses_3xx",
+                &mut next.responses_3xx,
+                other.responses_3xx,
+            ),
+            (
+                "responses_4xx",
+                &mut next.responses_4xx,
+                other.responses_4xx,
+            ),
+            (
+                "responses_5xx",
+                &mut next.responses_5xx,
+                other.responses_5xx,
+            ),
             ("no_response", &mut next.no_response, other.no_response),
             ("local_resets", &mut next.local_resets, other.local_resets),
-            ("upstream_resets", &mut next.upstream_resets, other.upstream_resets),
+            (
+                "upstream_resets",
+                &mut next.upstream_resets,
+                other.upstream_resets,
+            ),
             ("timeouts", &mut next.timeouts, other.timeouts),
-            ("request_bytes", &mut next.request_bytes, other.request_bytes),
-            ("response_bytes", &mut next.response_bytes, other.response_bytes),
+            (
+                "request_bytes",
+                &mut next.request_bytes,
+                other.request_bytes,
+            ),
+            (
+                "response_bytes",
+                &mut next.response_bytes,
+                other.response_bytes,
+            ),
         ] {
             *mine = mine
                 .checked_add(theirs)

@@ -305,8 +305,8 @@ mod tests {
 
     #[test]
     fn a_merge_that_would_overflow_fails_and_changes_nothing() {
-        let huge = LatencySketch::from_parts("a", &[100], &[u64::MAX - 1], 0, 1.0, 1.0, 1.0)
-            .unwrap();
+        let huge =
+            LatencySketch::from_parts("a", &[100], &[u64::MAX - 1], 0, 1.0, 1.0, 1.0).unwrap();
         let mut s = LatencySketch::new();
         s.add(5.0);
         s.add(5.0);
@@ -316,8 +316,7 @@ mod tests {
         assert_eq!(s.count(), before.count());
         assert_eq!(s.bins, before.bins);
 
-        let big_sum =
-            LatencySketch::from_parts("b", &[100], &[1], 0, f64::MAX, 1.0, 1.0).unwrap();
+        let big_sum = LatencySketch::from_parts("b", &[100], &[1], 0, f64::MAX, 1.0, 1.0).unwrap();
         let mut t = big_sum.clone();
         let err = t.merge(&big_sum).unwrap_err();
         assert!(err.to_string().contains("latency.sum"), "{err}");
