@@ -71,28 +71,30 @@ impl Router {
         &self.names
     }
 
-    /// Picks a group for a uniformly random `r` (any `u64`).
-    pub fn pick_random(&self, r: u64) -> &str {
+    /// Picks a group for a uniformly random `r` (any `u64`); returns its index in
+    /// [`Router::groups`].
+    pub fn pick_random(&self, r: u64) -> usize {
         // Multiply-shift maps r onto [0, total) without modulo bias worth speaking of.
         let x = ((u128::from(r) * u128::from(self.total)) >> 64) as u64;
-        let i = self.cumulative.partition_point(|c| *c <= x);
-        self.name(i)
+        self.clamp(self.cumulative.partition_point(|c| *c <= x))
     }
 
     /// Picks the group of a session: the same key and weights always give the same group.
-    pub fn pick_sticky(&self, session: &[u8]) -> &str {
+    /// Returns its index in [`Router::groups`].
+    pub fn pick_sticky(&self, session: &[u8]) -> usize {
         let bucket = xxhash_rust::xxh3::xxh3_64(session) % BUCKETS;
-        let i = self.bucket_bounds.partition_point(|b| *b <= bucket);
-        self.name(i)
+        self.clamp(self.bucket_bounds.partition_point(|b| *b <= bucket))
     }
 
-    fn name(&self, i: usize) -> &str {
-        // partition_point can only reach len() if weights were all zero, which check() refuses;
-        // fall back to the first group rather than panic.
-        self.names
-            .get(i)
-            .or_else(|| self.names.first())
-            .map_or("", String::as_str)
+    /// The name of group `i`; `""` past the end.
+    pub fn name(&self, i: usize) -> &str {
+        self.names.get(i).map_or("", String::as_str)
+    }
+
+    /// partition_point can only reach len() if weights were all zero, which check() refuses;
+    /// fall back to the first group rather than index past the end.
+    fn clamp(&self, i: usize) -> usize {
+        if i < self.names.len() { i } else { 0 }
     }
 }
 
@@ -104,42 +106,9 @@ pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// Reads the route's response stamp, `%UPSTREAM_CLUSTER% %RESPONSE_CODE%`: the cluster that
-/// served the request (`None` when Envoy chose none, written `-`) and the response code
-/// (`None` when the stamp has none, or 0: a local reply, whose code Envoy sets only after the
-/// route's headers; the caller reads `:status` then). A stamp of the cluster alone, as older
-/// route configurations write it, gives the cluster.
-pub fn parse_stamp(stamp: &str) -> (Option<&str>, Option<u32>) {
-    let (cluster, code) = match stamp.rsplit_once(' ') {
-        Some((cluster, code)) => match code.parse::<u32>() {
-            Ok(code) => (cluster, (code > 0).then_some(code)),
-            Err(_) => (stamp, None),
-        },
-        None => (stamp, None),
-    };
-    let cluster = cluster.trim();
-    let cluster = (!cluster.is_empty() && cluster != "-").then_some(cluster);
-    (cluster, code)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_stamp_gives_the_cluster_and_the_code() {
-        assert_eq!(parse_stamp("primary 200"), (Some("primary"), Some(200)));
-        assert_eq!(parse_stamp("shadow 503"), (Some("shadow"), Some(503)));
-        // A local reply (upstream connect failure): the code is not known yet.
-        assert_eq!(parse_stamp("primary 0"), (Some("primary"), None));
-        // No cluster chosen.
-        assert_eq!(parse_stamp("- 404"), (None, Some(404)));
-        assert_eq!(parse_stamp("-"), (None, None));
-        assert_eq!(parse_stamp(""), (None, None));
-        // The cluster alone, as older route configurations stamp it.
-        assert_eq!(parse_stamp("blue"), (Some("blue"), None));
-        assert_eq!(parse_stamp("a b"), (Some("a b"), None));
-    }
 
     fn router(weights: &[(&str, u32)], mode: RoutingMode) -> Router {
         let groups: Vec<_> = weights
@@ -158,7 +127,7 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(7);
         let n = 100_000;
         let shadow = (0..n)
-            .filter(|_| r.pick_random(rng.u64(..)) == "shadow")
+            .filter(|_| r.name(r.pick_random(rng.u64(..))) == "shadow")
             .count();
         let share = shadow as f64 / n as f64;
         assert!((share - 0.10).abs() < 0.005, "share {share}");
@@ -167,12 +136,10 @@ mod tests {
     #[test]
     fn zero_weight_group_gets_nothing() {
         let r = router(&[("primary", 100), ("shadow", 0)], RoutingMode::Random);
-        assert!(
-            (0..1000u64).all(|i| r.pick_random(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)) == "primary")
-        );
-        assert_eq!(r.pick_random(u64::MAX), "primary");
+        assert!((0..1000u64).all(|i| r.pick_random(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)) == 0));
+        assert_eq!(r.pick_random(u64::MAX), 0);
         let r = router(&[("primary", 0), ("shadow", 100)], RoutingMode::Sticky);
-        assert!((0..1000).all(|i| r.pick_sticky(format!("s{i}").as_bytes()) == "shadow"));
+        assert!((0..1000).all(|i| r.name(r.pick_sticky(format!("s{i}").as_bytes())) == "shadow"));
     }
 
     #[test]
@@ -182,9 +149,9 @@ mod tests {
         let mut moved = 0;
         for i in 0..20_000 {
             let key = format!("session-{i}");
-            let a = before.pick_sticky(key.as_bytes());
-            assert_eq!(a, before.pick_sticky(key.as_bytes()));
-            let b = after.pick_sticky(key.as_bytes());
+            let a = before.name(before.pick_sticky(key.as_bytes()));
+            assert_eq!(a, before.name(before.pick_sticky(key.as_bytes())));
+            let b = after.name(after.pick_sticky(key.as_bytes()));
             if a == "shadow" {
                 assert_eq!(b, "shadow", "a shadow session moved back");
             }

@@ -7,7 +7,7 @@
 //! at a time; a report that failed stays at the head of the outbox and is resent with the same
 //! sequence number, so the collector can drop a duplicate when only the answer was lost.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use shadowplane_wire::{ClusterStats, Report};
 
@@ -35,9 +35,9 @@ pub mod flags {
 
 /// What the host learned about one finished request.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct RequestRecord {
-    /// The upstream cluster Envoy used (`xds.cluster_name`), if any.
-    pub cluster: Option<String>,
+pub struct RequestRecord<'a> {
+    /// The upstream cluster the request is counted under (see [`crate::attribution`]), if any.
+    pub cluster: Option<&'a str>,
     /// The response status, if a response was sent.
     pub status: Option<u32>,
     /// Envoy's response flags.
@@ -90,7 +90,8 @@ pub struct Telemetry {
     worker: String,
     settings: Settings,
     window_start_ms: u64,
-    window: BTreeMap<String, ClusterStats>,
+    /// The window's clusters in order of first request: a handful, so a scan beats hashing.
+    window: Vec<ClusterStats>,
     next_sequence: u64,
     outbox: VecDeque<Outgoing>,
     /// Sequence and deadline of the report in flight.
@@ -106,7 +107,7 @@ impl Telemetry {
             worker,
             settings,
             window_start_ms: now_ms,
-            window: BTreeMap::new(),
+            window: Vec::new(),
             next_sequence: 1,
             outbox: VecDeque::new(),
             in_flight: None,
@@ -132,24 +133,26 @@ impl Telemetry {
     }
 
     /// Adds one finished request to the current window.
-    pub fn record(&mut self, r: &RequestRecord) {
-        let name = r
-            .cluster
-            .as_deref()
-            .filter(|c| !c.is_empty())
-            .unwrap_or(NO_CLUSTER);
-        // The length first: it is nearly always under the cap, which saves a lookup.
-        let key =
-            if self.window.len() < self.settings.max_clusters || self.window.contains_key(name) {
-                name
-            } else {
-                OVERFLOW_CLUSTER
-            };
-        // Look up before inserting: `entry` would allocate the key on every request.
-        if !self.window.contains_key(key) {
-            self.window.insert(key.to_string(), ClusterStats::new(key));
-        }
-        let Some(s) = self.window.get_mut(key) else {
+    pub fn record(&mut self, r: &RequestRecord<'_>) {
+        let name = r.cluster.filter(|c| !c.is_empty()).unwrap_or(NO_CLUSTER);
+        let at = match self.window.iter().position(|s| s.cluster == name) {
+            Some(at) => at,
+            None => {
+                let key = if self.window.len() < self.settings.max_clusters {
+                    name
+                } else {
+                    OVERFLOW_CLUSTER
+                };
+                match self.window.iter().position(|s| s.cluster == key) {
+                    Some(at) => at,
+                    None => {
+                        self.window.push(ClusterStats::new(key));
+                        self.window.len() - 1
+                    }
+                }
+            }
+        };
+        let Some(s) = self.window.get_mut(at) else {
             return;
         };
         s.requests += 1;
@@ -212,7 +215,7 @@ impl Telemetry {
             window_start_ms: start,
             window_end_ms: now_ms.max(start),
             reports_dropped: self.stats.dropped,
-            clusters: window.into_values().collect(),
+            clusters: window,
         };
         self.outbox.push_back(Outgoing {
             sequence: self.next_sequence,
@@ -281,9 +284,9 @@ mod tests {
         }
     }
 
-    fn rec(cluster: &str, status: u32, us: f64) -> RequestRecord {
+    fn rec(cluster: &str, status: u32, us: f64) -> RequestRecord<'_> {
         RequestRecord {
-            cluster: Some(cluster.into()),
+            cluster: Some(cluster),
             status: Some(status),
             request_bytes: 100,
             response_bytes: 200,
@@ -351,7 +354,7 @@ mod tests {
             ..Default::default()
         });
         t.record(&RequestRecord {
-            cluster: Some("p".into()),
+            cluster: Some("p"),
             status: Some(503),
             flags: flags::UPSTREAM_CONNECTION_FAILURE,
             ..Default::default()
