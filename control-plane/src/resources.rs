@@ -14,11 +14,10 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
 };
 use envoy_types::pb::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ApiVersion, AsyncDataSource, ConfigSource, DataSource,
-    ExtensionConfigSource, HeaderValue, HeaderValueOption, Http2ProtocolOptions,
-    RuntimeFractionalPercent, SocketAddress, TypedExtensionConfig, address::Address as AddressKind,
+    ExtensionConfigSource, Http2ProtocolOptions, RuntimeFractionalPercent, SocketAddress,
+    TypedExtensionConfig, address::Address as AddressKind,
     async_data_source::Specifier as AsyncSpecifier, config_source::ConfigSourceSpecifier,
-    data_source::Specifier as DataSpecifier, header_value_option::HeaderAppendAction,
-    socket_address::PortSpecifier,
+    data_source::Specifier as DataSpecifier, socket_address::PortSpecifier,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
@@ -61,8 +60,6 @@ use crate::config::{Config, Filter as FilterSettings, Role, Service, Weights};
 pub const TELEMETRY_CLUSTER: &str = "shadowplane-telemetry";
 /// Name of the filter in every HTTP connection manager, and prefix of its ECDS resources.
 pub const FILTER_NAME: &str = "shadowplane";
-/// The response header the route stamps with the cluster it used, for the filter.
-pub const UPSTREAM_HEADER: &str = "x-shadowplane-upstream";
 /// The Wasm filter's type URL, which ECDS configs must carry.
 pub const WASM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 
@@ -316,25 +313,8 @@ fn route_config(
             ..Default::default()
         });
     }
-    // With the filter loaded, the route tells it which cluster served each request and the
-    // response code; the filter reads and removes the header (cheaper for Envoy than the
-    // `xds.cluster_name` attribute and a `:status` lookup).
-    let response_headers_to_add = if filter {
-        vec![HeaderValueOption {
-            header: Some(HeaderValue {
-                key: UPSTREAM_HEADER.to_string(),
-                value: "%UPSTREAM_CLUSTER% %RESPONSE_CODE%".to_string(),
-                ..Default::default()
-            }),
-            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-            ..Default::default()
-        }]
-    } else {
-        Vec::new()
-    };
     RouteConfiguration {
         name: name.to_string(),
-        response_headers_to_add,
         virtual_hosts: vec![VirtualHost {
             name: service.name.clone(),
             domains: service.domains.clone(),
