@@ -1,7 +1,6 @@
 //! Criterion benches of host-runner: instantiating a compiled module through its
 //! `InstancePre` on the pooling allocator, and one request (request headers, response headers,
-//! done, log, delete) through the shadowplane filter, the hostcall-floor example and the empty
-//! filter.
+//! done, log, delete) through the shadowplane filter and the empty filter.
 //! `cargo xtask bench host-runner` builds the filters, runs these and writes
 //! target/bench/host-runner.json.
 
@@ -30,7 +29,7 @@ fn wasm(env: &str, stem: &str, package: &str) -> Vec<u8> {
     })
 }
 
-fn compiled(host: &Host) -> [Compiled; 3] {
+fn compiled(host: &Host) -> [Compiled; 2] {
     let filter = wasm(
         "SHADOWPLANE_FILTER_WASM",
         "shadowplane_filter",
@@ -41,12 +40,7 @@ fn compiled(host: &Host) -> [Compiled; 3] {
         "shadowplane_example_empty_filter",
         "shadowplane-example-empty-filter",
     );
-    let floor = wasm(
-        "SHADOWPLANE_HOSTCALL_FLOOR_WASM",
-        "shadowplane_example_hostcall_floor",
-        "shadowplane-example-hostcall-floor",
-    );
-    [filter, floor, empty].map(|w| host.compile(&w).expect("the module compiles"))
+    [filter, empty].map(|w| host.compile(&w).expect("the module compiles"))
 }
 
 fn cycle(h: &mut Harness) {
@@ -73,7 +67,7 @@ fn cycle(h: &mut Harness) {
 
 fn benches(c: &mut Criterion) {
     let host = Host::new(HostConfig::default()).expect("host");
-    let [filter, floor, empty] = compiled(&host);
+    let [filter, empty] = compiled(&host);
     let mut g = c.benchmark_group("host_runner");
     let settings = InstanceSettings::default();
     let shared = Shared::new();
@@ -94,12 +88,6 @@ fn benches(c: &mut Criterion) {
         .configure(CONFIG)
         .expect("configured");
     g.bench_function("request_cycle", |b| b.iter(|| cycle(&mut h)));
-    assert!(h.traps().is_empty());
-    let mut h = Harness::from_compiled(&floor)
-        .with_trace(false)
-        .configure("blue")
-        .expect("configured");
-    g.bench_function("request_cycle_hostcall_floor", |b| b.iter(|| cycle(&mut h)));
     assert!(h.traps().is_empty());
     let mut h = Harness::from_compiled(&empty)
         .with_trace(false)

@@ -132,6 +132,14 @@ impl Harness {
         self
     }
 
+    /// Routes each stream to the cluster request header `name` names once the plugin has seen
+    /// the request headers, as an Envoy route with `cluster_header: NAME` does: that cluster is
+    /// the stream's `xds.cluster_name`.
+    pub fn with_cluster_header(mut self, name: &str) -> Self {
+        self.settings.cluster_header = Some(name.to_string());
+        self
+    }
+
     /// The failure policy.
     pub fn with_policy(mut self, policy: FailurePolicy) -> Self {
         self.policy = policy;

@@ -2,9 +2,9 @@
 //!
 //! `host-runner run --wasm F --scenario S.yaml [--json]` plays a scenario, prints its trace
 //! (or a JSON report) and exits 0 only when every expectation held.
-//! `host-runner serve --wasm F --listen ADDR --upstream URL [--config JSON] [--cluster N=URL]`
-//! proxies live HTTP traffic through the plugin, or TCP through its L4 callbacks with
-//! `--upstream tcp://HOST:PORT`.
+//! `host-runner serve --wasm F --listen ADDR --upstream URL [--config JSON] [--cluster N=URL]
+//! [--cluster-header NAME]` proxies live HTTP traffic through the plugin, or TCP through its L4
+//! callbacks with `--upstream tcp://HOST:PORT`.
 
 mod serve;
 
@@ -57,6 +57,11 @@ enum Command {
         /// A cluster the plugin's callouts may reach, as NAME=URL; repeatable.
         #[arg(long = "cluster", value_parser = parse_cluster)]
         clusters: Vec<(String, hyper::Uri)>,
+        /// Name each request's cluster (the `xds.cluster_name` attribute) after this request
+        /// header, as an Envoy route with `cluster_header` does; every request still goes to
+        /// `--upstream`.
+        #[arg(long)]
+        cluster_header: Option<String>,
     },
 }
 
@@ -99,6 +104,7 @@ fn real_main() -> Result<bool> {
             upstream,
             config,
             clusters,
+            cluster_header,
         } => {
             let compiled = load(&wasm)?;
             let opts = serve::Options {
@@ -106,6 +112,7 @@ fn real_main() -> Result<bool> {
                 upstream,
                 config: config.into_bytes(),
                 clusters: clusters.into_iter().collect::<BTreeMap<_, _>>(),
+                cluster_header,
             };
             let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
             rt.block_on(serve::serve(&compiled, opts))?;

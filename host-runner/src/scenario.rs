@@ -5,6 +5,7 @@
 //! plugin:
 //!   config: {groups: [{name: blue, weight: 1}]}   # a mapping is sent as JSON, a string as is
 //! properties: {node.id: node-7}
+//! cluster_header: x-shadowplane-cluster         # route as Envoy's `cluster_header` (xds.cluster_name)
 //! steps:
 //!   - request:
 //!       headers: {":method": GET, ":path": /, ":authority": svc}
@@ -45,6 +46,10 @@ pub struct Scenario {
     /// Clusters callouts may target. Default: any.
     #[serde(default)]
     pub clusters: Option<Vec<String>>,
+    /// Route each stream to the cluster this request header names, as an Envoy route with
+    /// `cluster_header` does (`xds.cluster_name`). Default: streams have no cluster.
+    #[serde(default)]
+    pub cluster_header: Option<String>,
     /// Properties by dotted path (`node.id`), as strings. Default: none.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
@@ -350,6 +355,7 @@ impl Scenario {
                     s.properties.set(&path, v.as_bytes());
                 }
                 s.vm_config = config_bytes(self.plugin.vm_config.as_ref());
+                s.cluster_header = self.cluster_header.clone();
             });
         for (name, reply) in &self.foreign_functions {
             let reply = reply.clone().into_bytes();

@@ -43,6 +43,8 @@ pub struct Options {
     pub config: Vec<u8>,
     /// Clusters the plugin's HTTP callouts may reach, by name.
     pub clusters: BTreeMap<String, Uri>,
+    /// The request header that names each request's cluster, as Envoy's `cluster_header`.
+    pub cluster_header: Option<String>,
 }
 
 struct Proxy {
@@ -316,7 +318,10 @@ pub async fn serve(compiled: &Compiled, opts: Options) -> Result<()> {
     let names: Vec<&str> = opts.clusters.keys().map(String::as_str).collect();
     let harness = Harness::from_compiled(compiled)
         .with_trace(false)
-        .with_settings(|s| s.clock = Clock::Real)
+        .with_settings(|s| {
+            s.clock = Clock::Real;
+            s.cluster_header = opts.cluster_header.clone();
+        })
         .with_clusters(&names)
         .configure(opts.config)?;
     let p = Arc::new(Proxy {

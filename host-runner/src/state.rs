@@ -397,6 +397,11 @@ pub struct InstanceSettings {
     pub foreign: BTreeMap<String, ForeignFn>,
     /// Worker index among the instances sharing [`Shared`].
     pub worker: u32,
+    /// Routes as an Envoy route with `cluster_header` does: a stream's upstream cluster
+    /// (`xds.cluster_name`) is the value this request header has when the attribute is read,
+    /// after the plugin has seen (and maybe set) the request headers. `None`: streams have no
+    /// cluster unless a property names one.
+    pub cluster_header: Option<String>,
 }
 
 impl Default for InstanceSettings {
@@ -416,6 +421,7 @@ impl Default for InstanceSettings {
             seed: 0x5eed,
             foreign: BTreeMap::new(),
             worker: 0,
+            cluster_header: None,
         }
     }
 }

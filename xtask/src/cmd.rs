@@ -14,11 +14,7 @@ pub fn cargo() -> Command {
 
 /// Every package built for `wasm32-wasip1`: the filter, and the example filters that
 /// host-runner's tests and the benches load next to it.
-pub const WASM_PACKAGES: [&str; 3] = [
-    "shadowplane-filter",
-    "shadowplane-example-empty-filter",
-    "shadowplane-example-hostcall-floor",
-];
+pub const WASM_PACKAGES: [&str; 2] = ["shadowplane-filter", "shadowplane-example-empty-filter"];
 
 /// Builds `packages` for `wasm32-wasip1` with the `wasm` profile, in one cargo run.
 pub fn build_wasm(root: &std::path::Path, packages: &[&str]) -> Result<()> {

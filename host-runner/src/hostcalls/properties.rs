@@ -62,6 +62,15 @@ pub(crate) fn lookup(s: &HostState, path: &[String]) -> Option<Vec<u8>> {
             .as_ref()
             .and_then(|h| h.get(name))
             .map(String::into_bytes),
+        ["xds", "cluster_name"] => {
+            let name = s.settings.cluster_header.as_deref()?;
+            stream?
+                .request_headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .filter(|v| !v.is_empty())
+                .map(String::into_bytes)
+        }
         ["response", "code"] => stream?
             .response_headers
             .as_ref()

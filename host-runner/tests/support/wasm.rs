@@ -1,5 +1,5 @@
 //! Finds (building when missing) the guest modules the tests run: the shadowplane filter and
-//! the example filters (empty, hostcall floor), all from the workspace's `--profile wasm` build.
+//! the empty example filter, all from the workspace's `--profile wasm` build.
 
 // Each test binary uses a different part of this file.
 #![allow(dead_code)]
@@ -105,17 +105,6 @@ pub fn empty_filter() -> &'static Compiled {
         "SHADOWPLANE_EMPTY_FILTER_WASM",
         "shadowplane-example-empty-filter",
         "shadowplane_example_empty_filter",
-    )
-}
-
-/// The hostcall-floor example filter, compiled once per test binary.
-pub fn hostcall_floor() -> &'static Compiled {
-    static C: OnceLock<Compiled> = OnceLock::new();
-    compiled(
-        &C,
-        "SHADOWPLANE_HOSTCALL_FLOOR_WASM",
-        "shadowplane-example-hostcall-floor",
-        "shadowplane_example_hostcall_floor",
     )
 }
 

@@ -7,9 +7,6 @@
 //!   `proxy_on_configure`.
 //! - `request_cycle`: request headers, response headers, done, log and delete through the
 //!   shadowplane filter, per request on one core; target 5 µs.
-//! - `request_cycle_hostcall_floor`: the same through the hostcall-floor example (the
-//!   filter's per-request hostcalls and nothing else): `request_cycle` minus this is the
-//!   filter's own logic.
 //! - `request_cycle_empty_filter`: the same through the empty SDK filter: the host's and the
 //!   SDK's floor.
 //!
@@ -27,7 +24,7 @@ use super::filter_overhead::loadavg;
 use crate::cmd;
 
 /// (criterion id under target/criterion, target in nanoseconds, what it measures).
-const BENCHES: [(&str, Option<f64>, &str); 5] = [
+const BENCHES: [(&str, Option<f64>, &str); 4] = [
     (
         "host_runner/instantiate",
         Some(50_000.0),
@@ -42,11 +39,6 @@ const BENCHES: [(&str, Option<f64>, &str); 5] = [
         "host_runner/request_cycle",
         Some(5_000.0),
         "request headers, response headers, done/log/delete through the filter",
-    ),
-    (
-        "host_runner/request_cycle_hostcall_floor",
-        None,
-        "the same through the hostcall-floor example (the filter's hostcalls, no logic)",
     ),
     (
         "host_runner/request_cycle_empty_filter",
