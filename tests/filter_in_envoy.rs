@@ -98,7 +98,9 @@ async fn splits_90_10_and_reports_every_request_exactly_once() {
     assert_eq!(status, 200);
     assert!(headers.contains_key("x-served-by"), "{headers:?}");
     assert!(
-        !headers.keys().any(|k| k.as_str().starts_with("x-shadowplane")),
+        !headers
+            .keys()
+            .any(|k| k.as_str().starts_with("x-shadowplane")),
         "{headers:?}"
     );
 }
@@ -499,5 +501,293 @@ async fn sticky_by_cookie_keeps_each_session_on_one_group() {
         groups_seen.len(),
         2,
         "60 sessions at 50/50 all landed on {groups_seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_table_that_sends_requests_elsewhere_is_caught_and_counted_where_envoy_sent_them() {
+    // The filter names `primary` for every request, but a route before the header routes
+    // sends /admin/ to `shadow`: the filter's check sees Envoy's cluster differ, says so, and
+    // counts every request where Envoy really sent it.
+    let config = filter_config(100, 0, 500);
+    let stack = FilterStack::start(config.clone()).await.unwrap();
+    stack
+        .prepend_route(
+            &config,
+            "{match: {prefix: /admin/}, route: {cluster: shadow}}",
+        )
+        .await
+        .unwrap();
+    let client = Client::new();
+    // Fewer than the checked first requests of each worker, so every one is checked.
+    for path in ["/admin/a", "/ok"] {
+        for i in 0..30 {
+            let (status, headers, _) = client
+                .get(&stack.url(&format!("{path}/{i}")), &[])
+                .await
+                .unwrap();
+            assert_eq!(status, 200);
+            let want = if path == "/ok" { "primary" } else { "shadow" };
+            assert_eq!(headers[SERVED_BY], want);
+        }
+    }
+    assert!(stack.collector.wait_for_requests(60, REPORT_WAIT).await);
+    let by = stack.collector.requests_by_cluster();
+    assert_eq!(by.get("shadow"), Some(&30), "{by:?}");
+    assert_eq!(by.get("primary"), Some(&30), "{by:?}");
+    assert!(
+        stack
+            .envoy
+            .wait_for_log(
+                "the route table sent a request for group \"primary\" to \"shadow\"",
+                Duration::from_secs(5)
+            )
+            .await,
+        "{}",
+        stack.envoy.log_tail()
+    );
+    assert!(
+        stack
+            .envoy
+            .wait_for_counter(
+                "wasmcustom.shadowplane.group.shadow.rq_total",
+                30,
+                REPORT_WAIT
+            )
+            .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stream_is_counted_once_and_forgotten_resets_and_local_replies_too() {
+    let config = filter_config(100, 0, 300);
+    let stack = FilterStack::start(config.clone()).await.unwrap();
+    // Envoy answers /direct itself: a local reply routed to no cluster.
+    stack
+        .prepend_route(
+            &config,
+            "{match: {prefix: /direct}, direct_response: {status: 204}}",
+        )
+        .await
+        .unwrap();
+    let client = Client::new();
+    for i in 0..10 {
+        let (status, _, _) = client
+            .get(&stack.url(&format!("/ok/{i}")), &[])
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        let (status, _, _) = client.get(&stack.url("/direct"), &[]).await.unwrap();
+        assert_eq!(status, 204);
+    }
+    // Clients that give up while the upstream holds the request: Envoy resets the stream.
+    stack.primary.set_delay(Duration::from_millis(1500));
+    let impatient = Client::with_timeout(Duration::from_millis(200));
+    for i in 0..10 {
+        let r = impatient.get(&stack.url(&format!("/slow/{i}")), &[]).await;
+        assert!(r.is_err(), "the client should have given up: {r:?}");
+    }
+    stack.primary.set_delay(Duration::ZERO);
+    // An upstream error answer.
+    stack.primary.set_status(503);
+    for i in 0..10 {
+        let (status, _, _) = client
+            .get(&stack.url(&format!("/err/{i}")), &[])
+            .await
+            .unwrap();
+        assert_eq!(status, 503);
+    }
+    assert!(stack.collector.wait_for_requests(40, REPORT_WAIT).await);
+    // Every request counted once: 10 answered, 10 direct, 10 reset, 10 failed.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(stack.collector.total_requests(), 40);
+    let primary = stack.collector.merged_cluster("primary");
+    assert_eq!(primary.responses_2xx, 10, "{primary:?}");
+    assert_eq!(primary.responses_5xx, 10, "{primary:?}");
+    assert_eq!(primary.no_response, 10, "the resets: {primary:?}");
+    assert_eq!(stack.collector.merged_cluster("none").requests, 10);
+    // And nothing of those streams is left in the filter once the ticks have run.
+    let gauge = "wasmcustom.shadowplane.streams_active";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = stack.envoy.stats().await;
+        let active: Vec<&String> = stats
+            .iter()
+            .filter(|(k, _)| k.as_str() == gauge)
+            .map(|(_, v)| v)
+            .collect();
+        assert!(!active.is_empty(), "no {gauge} in Envoy's stats");
+        if active.iter().all(|v| v.as_str() == "0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{gauge} stays at {active:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_key_that_is_not_utf8_stays_sticky_and_breaks_nothing() {
+    let stack = FilterStack::start(sticky(50, 50)).await.unwrap();
+    let client = Client::new();
+    let mut groups = BTreeSet::new();
+    for s in 0..40u8 {
+        // obs-text: bytes 0x80 to 0xFF are allowed in an HTTP header value.
+        let key = [b'k', 0xE9, 0xFF, 0x80 + s];
+        let mut seen = BTreeSet::new();
+        for _ in 0..4 {
+            let (status, headers, _) = client
+                .get_bytes(&stack.url("/bytes"), &[("x-session-id", &key)])
+                .await
+                .unwrap();
+            assert_eq!(status, 200);
+            seen.insert(headers[SERVED_BY].to_str().unwrap().to_string());
+        }
+        assert_eq!(seen.len(), 1, "session {s} moved: {seen:?}");
+        groups.extend(seen);
+    }
+    assert_eq!(groups.len(), 2, "40 sessions at 50/50 all on {groups:?}");
+    assert!(stack.collector.wait_for_requests(160, REPORT_WAIT).await);
+    // A trap in the VM shows in Envoy's log as "Function: proxy_on_... failed: Uncaught ...".
+    assert!(
+        !stack.envoy.log().contains("failed: Uncaught"),
+        "{}",
+        stack.envoy.log_tail()
+    );
+}
+
+/// Two listeners whose shadowplane filters share one VM per worker (the same `vm_id`, as
+/// `shadowplane serve` configures them) but not their configuration.
+const TWO_LISTENERS: &str = r#"
+node: { id: two-listeners, cluster: test }
+admin:
+  address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
+static_resources:
+  listeners:
+{{LISTENERS}}
+  clusters:
+  - name: primary
+    type: STATIC
+    load_assignment:
+      cluster_name: primary
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: {{PRIMARY}} } } } }] }]
+  - name: shadow
+    type: STATIC
+    load_assignment:
+      cluster_name: shadow
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: {{SHADOW}} } } } }] }]
+  - name: telemetry
+    type: STATIC
+    load_assignment:
+      cluster_name: telemetry
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: {{COLLECTOR}} } } } }] }]
+"#;
+
+const ONE_LISTENER: &str = r#"
+  - name: {{NAME}}
+    address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {{NAME}}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: { prefix: /, headers: [{ name: x-shadowplane-cluster, string_match: { exact: primary } }] }
+                route: { cluster_header: x-shadowplane-cluster }
+              - match: { prefix: /, headers: [{ name: x-shadowplane-cluster, string_match: { exact: shadow } }] }
+                route: { cluster_header: x-shadowplane-cluster }
+              - match: { prefix: / }
+                route: { cluster: primary }
+          http_filters:
+          - name: shadowplane
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: shadowplane
+                root_id: shadowplane
+                vm_config:
+                  vm_id: shadowplane
+                  runtime: envoy.wasm.runtime.v8
+                  code: { local: { filename: "{{WASM}}" } }
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{{CONFIG}}'
+          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_that_share_a_vm_route_each_request_by_its_own_configuration() {
+    use shadowplane_e2e::filter_stack::{TOKEN, filter_wasm};
+    use shadowplane_e2e::{Collector, Envoy, EnvoyOpts, Upstream, render};
+
+    let primary = Upstream::start("primary").await;
+    let shadow = Upstream::start("shadow").await;
+    let collector = Collector::start(TOKEN).await;
+    let wasm = filter_wasm().display().to_string();
+    let listener = |name: &str, primary_weight: u32| {
+        let mut config = filter_config(primary_weight, 100 - primary_weight, 300);
+        config["telemetry"]["cluster"] = json!("telemetry");
+        render(
+            ONE_LISTENER,
+            &[
+                ("NAME", name.to_string()),
+                ("WASM", wasm.clone()),
+                ("CONFIG", config.to_string()),
+            ],
+        )
+    };
+    let bootstrap = render(
+        TWO_LISTENERS,
+        &[
+            (
+                "LISTENERS",
+                listener("to_primary", 100) + &listener("to_shadow", 0),
+            ),
+            ("PRIMARY", primary.port().to_string()),
+            ("SHADOW", shadow.port().to_string()),
+            ("COLLECTOR", collector.port().to_string()),
+        ],
+    );
+    let envoy = Envoy::start(&bootstrap, EnvoyOpts::default())
+        .await
+        .unwrap();
+    let a = envoy.listener_url("to_primary", "/a").await;
+    let b = envoy.listener_url("to_shadow", "/b").await;
+    // Interleaved, several at a time, so both workers serve both listeners.
+    let client = Client::new();
+    let mut tasks = JoinSet::new();
+    for i in 0..200 {
+        let (client, url) = (
+            client.clone(),
+            if i % 2 == 0 { a.clone() } else { b.clone() },
+        );
+        tasks.spawn(async move {
+            let (status, headers, _) = client.get(&url, &[]).await.unwrap();
+            assert_eq!(status, 200);
+            (url, headers[SERVED_BY].to_str().unwrap().to_string())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        let (url, by) = r.unwrap();
+        let want = if url == a { "primary" } else { "shadow" };
+        assert_eq!(by, want, "{url} was served by {by}");
+    }
+    assert!(collector.wait_for_requests(200, REPORT_WAIT).await);
+    let by = collector.requests_by_cluster();
+    assert_eq!(by.get("primary"), Some(&100), "{by:?}");
+    assert_eq!(by.get("shadow"), Some(&100), "{by:?}");
+    // The two configurations really lived in the same VMs: Envoy runs 4 V8 VMs here (with a
+    // vm_id per listener it runs 8, measured), so each worker's VM held both root contexts.
+    let stats = envoy.stats().await;
+    assert_eq!(
+        stats
+            .get("wasm.envoy.wasm.runtime.v8.active")
+            .map(String::as_str),
+        Some("4")
     );
 }

@@ -206,6 +206,33 @@ impl FilterStack {
         Ok(())
     }
 
+    /// Puts `route` (one route of a virtual host, as YAML) before the shipped routes, with the
+    /// split's weights from `filter`, and waits until Envoy applied it: a route table that
+    /// sends some requests somewhere other than the group the filter named.
+    pub async fn prepend_route(
+        &self,
+        filter: &serde_json::Value,
+        route: &str,
+    ) -> anyhow::Result<()> {
+        let rds = "http.ingress.rds.shadowplane.update_success";
+        let before = self.envoy.stat_counter(rds).await.unwrap_or(0);
+        let route: Value = serde_yaml_ng::from_str(route).context("the route is not YAML")?;
+        let mut doc = self.routes_template.clone();
+        doc["resources"][0]["virtual_hosts"][0]["routes"]
+            .as_sequence_mut()
+            .context("routes.yaml has no routes")?
+            .insert(0, route);
+        write_routes(self.dynamic.path(), &doc, &weights_of(filter))?;
+        if !self
+            .envoy
+            .wait_for_counter(rds, before + 1, Duration::from_secs(10))
+            .await
+        {
+            bail!("Envoy did not apply the new routes within 10 s");
+        }
+        Ok(())
+    }
+
     fn write_filter(&self, filter: &serde_json::Value) -> anyhow::Result<()> {
         write_filter(self.dynamic.path(), &self.filter_template, filter)
     }
