@@ -155,6 +155,17 @@ impl Compiled {
         &self.stubs
     }
 
+    /// The names the module exports (functions, memory, globals), in the module's order. Envoy
+    /// calls into the VM for every proxy-wasm callback a module exports, so this list is part of
+    /// what a filter costs.
+    pub fn exports(&self) -> Vec<String> {
+        self.pre
+            .module()
+            .exports()
+            .map(|e| e.name().to_string())
+            .collect()
+    }
+
     /// The host it was compiled on.
     pub fn host(&self) -> &Host {
         &self.host

@@ -43,6 +43,32 @@ fn request(h: &mut Harness, status: &str) -> Result<()> {
     h.end_stream()
 }
 
+/// Envoy calls into the VM for every callback a module exports, on every request that reaches
+/// it: the filter exports the ones it uses and no more (README, Overhead). A new export here is
+/// a cost on every request.
+#[test]
+fn the_filter_exports_only_the_callbacks_it_uses() {
+    let mut exports = wasm::filter().exports();
+    exports.sort();
+    assert_eq!(
+        exports,
+        [
+            "memory",
+            "proxy_abi_version_0_2_1",
+            "proxy_on_configure",
+            "proxy_on_context_create",
+            "proxy_on_http_call_response",
+            "proxy_on_log",
+            "proxy_on_memory_allocate",
+            "proxy_on_request_body",
+            "proxy_on_request_headers",
+            "proxy_on_response_body",
+            "proxy_on_tick",
+            "proxy_on_vm_start",
+        ]
+    );
+}
+
 #[test]
 fn the_filter_declares_abi_0_2_1() {
     assert_eq!(wasm::filter().abi(), AbiVersion::V0_2_1);
