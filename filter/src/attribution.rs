@@ -27,8 +27,9 @@ pub enum Mode {
     ByAttribute,
 }
 
-/// The attribution state of one filter configuration.
-#[derive(Debug, Clone)]
+/// The attribution state of one filter configuration (small and `Copy`, so the host can keep
+/// it in a `Cell`).
+#[derive(Debug, Clone, Copy)]
 pub struct Attribution {
     seen: u64,
     mode: Mode,

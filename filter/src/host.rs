@@ -78,7 +78,7 @@ struct Config {
     max_clusters: usize,
     /// The Envoy metrics slot of each group, in the router's order.
     group_slots: Vec<usize>,
-    attribution: RefCell<Attribution>,
+    attribution: Cell<Attribution>,
     /// When a stream last started under this configuration (ms).
     last_used_ms: Cell<u64>,
 }
@@ -330,7 +330,7 @@ impl Vm {
             route_header: config.route_header.clone(),
             max_clusters: config.max_clusters,
             group_slots,
-            attribution: RefCell::new(Attribution::new()),
+            attribution: Cell::new(Attribution::new()),
             last_used_ms: Cell::new(now_ms),
         }));
         // Tick faster than the window so that a window closes within a quarter interval of due.
@@ -541,15 +541,13 @@ fn on_log(context_id: u32) {
     };
     let config = &stream.config;
     let chosen = stream.group.map(|g| config.router.name(g));
-    let Ok(mut attribution) = config.attribution.try_borrow_mut() else {
-        return;
-    };
+    let mut attribution = config.attribution.get();
     let actual = attribution
         .wants_cluster(chosen)
         .then(|| property_string("xds\0cluster_name"));
     let resolved = attribution.resolve(chosen, actual.as_ref().map(|a| a.as_deref()));
     let mode = attribution.mode();
-    drop(attribution);
+    config.attribution.set(attribution);
     if resolved.switched {
         abi::log(
             LogLevel::Warn,
