@@ -10,11 +10,17 @@
 //! shadowplane filter is judged against both empty floors: the WAT one is what the issue names,
 //! the SDK one the lowest any filter on this SDK can reach, so the gap to it is the filter's own
 //! work. They all proxy to one more Envoy that answers with a `direct_response`, a fast C++
-//! upstream that needs no extra install. A real load generator drives open-loop load at fixed
-//! rates (latency percentiles) and a closed-loop saturation run (throughput); the rounds
+//! upstream that needs no extra install. A real load generator drives open-loop load at two
+//! fixed rates (latency percentiles) and a closed-loop saturation run (throughput); the rounds
 //! interleave the four so a drift in the shared machine's load hits them alike, and the figures
 //! are medians over rounds. Each run also measures the Envoy's CPU time per request and the
 //! other work on the machine: a run that work disturbed is run again.
+//!
+//! The fixed rates are shares of this machine's capacity measured in the same run, not absolute
+//! rates: this shared machine's speed moves by a factor of four between days, and a rate chosen
+//! on a fast day overloads the filter Envoys on a slow one, where their latency says nothing
+//! about the filters. Before the rounds, the no-filter Envoy's saturation throughput alone is
+//! measured ([`calibrate`]), and the fixed rates are [`RATE_FRACTIONS`] of it ([`fixed_rates`]).
 //!
 //! The Envoys under test share one core, the load generator and the upstream the other. Each
 //! round also runs pairs of them saturated at once, co-located ([`CO_LOCATED`]): they
@@ -56,9 +62,19 @@ const OHA: &str = "oha";
 /// Pinned so that figures from different machines come from the same load generator.
 const OHA_VERSION: &str = "1.16.0";
 
-/// Open-loop rates in requests per second: well below saturation, where the filter's cost shows
-/// as latency only.
-const RATES: [u32; 2] = [1000, 4000];
+/// The open-loop rates, as shares of the no-filter Envoy's saturation throughput alone measured
+/// before the rounds ([`calibrate`]): well below saturation, where the filter's cost shows as
+/// latency only. The filter Envoys saturate lower (the shadowplane one near 0.8 of no filter's),
+/// so the higher rate is about half of theirs.
+const RATE_FRACTIONS: [f64; RATE_STEPS] = [0.1, 0.4];
+const RATE_STEPS: usize = 2;
+/// The fixed rates are rounded to a multiple of this, in requests per second, and are at least
+/// this (see [`fixed_rates`]).
+const RATE_GRANULARITY: u32 = 100;
+/// Saturation runs of the no-filter Envoy alone in the calibration ([`calibrate`]), each as long
+/// as a saturation step; their median is the capacity the fixed rates are taken from. Three, so
+/// that one run a burst of other work slowed (or the machine sped up for) does not set the rates.
+const CALIBRATION_RUNS: usize = 3;
 /// Length of each fixed-rate run: short, so that more rounds fit; the median over rounds is
 /// what keeps a burst of other work on the shared machine out of the figures.
 const RATE_SECS: u32 = 5;
@@ -76,27 +92,30 @@ const SATURATION_CONNECTIONS: u32 = 32;
 const CO_LOCATED_SECS: u32 = 4;
 /// Rounds over all configurations and steps; the report gives the median of each figure. Odd,
 /// so the median is a measured run. 5 rounds of four configurations alone and three co-located
-/// pairs, with the callgrind runs, keep the whole bench near 11 minutes, 12 with every retry
-/// spent (see [`planned_secs`]); 7 rounds would take 15.
+/// pairs, with the callgrind runs and the calibration, keep the whole bench near 11 minutes, 12
+/// with every retry spent (see [`planned_secs`]); 7 rounds would take 15.
 const ROUNDS: usize = 5;
 /// A run during which other work on the machine (other builds, the hypervisor) took more than
 /// this many cores on average is run again, up to [`MAX_RETRIES_PER_RUN`] times and
 /// [`RETRY_BUDGET`] times in all; the quietest attempt is kept, and its disturbance reported.
 const DISTURBED_CORES: f64 = 0.1;
 const MAX_RETRIES_PER_RUN: usize = 2;
-/// Bounds the bench's length on a machine that is busy throughout (about a minute more).
-const RETRY_BUDGET: usize = 12;
+/// Bounds the bench's length on a machine that is busy throughout (45 s more; 9 rather than 12
+/// since the calibration's 15 s had to fit into [`MAX_PLANNED_SECS`]).
+const RETRY_BUDGET: usize = 9;
 /// Discarded run per Envoy at the start of each round (each round starts its own Envoys): warms
-/// V8's tiers, connection pools, caches.
-const WARMUP_RATE: u32 = 4000;
+/// V8's tiers, connection pools, caches. Closed loop ([`Load::Warmup`]), so that it lasts this
+/// long and loads every Envoy fully whatever the machine's speed: a fixed rate would overload the
+/// Envoys on a slow day (and then run longer) and barely warm them on a fast one.
 const WARMUP_SECS: u32 = 3;
 
-/// Seconds of load the bench plans at most: the callgrind runs, warm-up, every round, every
-/// retry spent on the longest run. Builds, start-up and the telemetry check add some seconds to
-/// it.
+/// Seconds of load the bench plans at most: the callgrind runs, the calibration, warm-up, every
+/// round, every retry spent on the longest run. Builds, start-up and the telemetry check add
+/// some seconds to it. The fixed-rate runs last [`RATE_SECS`] because their rates are well
+/// below what the machine does at the time ([`calibrate`]).
 const fn planned_secs() -> u32 {
     let configs = Config::ALL.len() as u32;
-    let round = RATES.len() as u32 * RATE_SECS + SATURATION_SECS;
+    let round = RATE_STEPS as u32 * RATE_SECS + SATURATION_SECS;
     let longest = if RATE_SECS > SATURATION_SECS {
         RATE_SECS
     } else {
@@ -104,6 +123,7 @@ const fn planned_secs() -> u32 {
     };
     let co_located = CO_LOCATED.len() as u32 * CO_LOCATED_SECS;
     CALLGRIND_SECS
+        + CALIBRATION_RUNS as u32 * SATURATION_SECS
         + ROUNDS as u32 * (configs * WARMUP_SECS + configs * round + co_located)
         + RETRY_BUDGET as u32 * longest
 }
@@ -420,8 +440,13 @@ enum Step {
 }
 
 impl Step {
-    fn all() -> impl Iterator<Item = Step> {
-        RATES.into_iter().map(Step::Rate).chain([Step::Saturation])
+    /// The fixed-rate steps at `rates` (from the calibration), then saturation.
+    fn all(rates: &[u32]) -> impl Iterator<Item = Step> {
+        rates
+            .iter()
+            .copied()
+            .map(Step::Rate)
+            .chain([Step::Saturation])
     }
 
     fn label(self) -> String {
@@ -429,6 +454,83 @@ impl Step {
             Step::Rate(rate) => format!("{rate}/s"),
             Step::Saturation => "saturation".to_owned(),
         }
+    }
+}
+
+/// The fixed rates for a machine whose no-filter Envoy saturates at `capacity_rps`:
+/// [`RATE_FRACTIONS`] of it, each rounded to a multiple of [`RATE_GRANULARITY`], at least that,
+/// and each above the one before (on a machine so slow that two shares round alike, the two
+/// steps would otherwise share a label and their runs one list).
+fn fixed_rates(capacity_rps: f64) -> [u32; RATE_STEPS] {
+    let mut below = 0;
+    RATE_FRACTIONS.map(|fraction| {
+        // NaN and negative figures become 0 in the cast, so the least rate.
+        let units = (capacity_rps * fraction / f64::from(RATE_GRANULARITY)).round() as u32;
+        let rate = units
+            .saturating_mul(RATE_GRANULARITY)
+            .max(below + RATE_GRANULARITY);
+        below = rate;
+        rate
+    })
+}
+
+/// What the calibration measured ([`calibrate`]): the no-filter Envoy's saturation throughput
+/// alone, and the fixed rates taken from it.
+#[derive(Debug, Clone, Serialize)]
+struct Calibration {
+    /// How the figure was taken and the rates derived from it.
+    method: String,
+    /// Requests per second the no-filter Envoy answered alone at saturation: the median of
+    /// `runs`.
+    none_saturation_rps: f64,
+    /// The share of `none_saturation_rps` each fixed rate aims at, in step order.
+    fractions: Vec<f64>,
+    /// The fixed rates of the rounds, in requests per second ([`fixed_rates`]), in step order.
+    rates: Vec<u32>,
+    /// Each rate over `none_saturation_rps`, after rounding.
+    rate_shares: Vec<f64>,
+    /// The calibration's saturation runs, in order.
+    runs: Vec<Run>,
+}
+
+impl Calibration {
+    fn new(runs: Vec<Run>) -> Calibration {
+        let capacity = median(&runs.iter().map(|r| r.rps).collect::<Vec<_>>());
+        let rates = fixed_rates(capacity).to_vec();
+        Calibration {
+            method: format!(
+                "after the callgrind runs, round 1's no-filter Envoy, started and warmed up, \
+                 alone at saturation as in the saturation step (oha -z {SATURATION_SECS}s -c \
+                 {SATURATION_CONNECTIONS} -w) {CALIBRATION_RUNS} times, each run again while \
+                 other work disturbed it as in the rounds; the median rq/s is the capacity, and \
+                 each fixed rate the share of it in `fractions`, rounded to a multiple of \
+                 {RATE_GRANULARITY}/s, at least {RATE_GRANULARITY}/s and above the one before"
+            ),
+            none_saturation_rps: capacity,
+            fractions: RATE_FRACTIONS.to_vec(),
+            rate_shares: rates.iter().map(|&r| f64::from(r) / capacity).collect(),
+            rates,
+            runs,
+        }
+    }
+
+    /// The calibration in one line of the report.
+    fn summary(&self) -> String {
+        let list = |v: Vec<String>| v.join(", ");
+        format!(
+            "fixed rates {} ({} of the no-filter Envoy's saturation throughput alone, {:.0} \
+             rq/s: the median of {} runs before the rounds, {} rq/s)",
+            list(self.rates.iter().map(|r| format!("{r}/s")).collect()),
+            list(
+                self.fractions
+                    .iter()
+                    .map(|f| format!("{:.0}%", 100.0 * f))
+                    .collect()
+            ),
+            self.none_saturation_rps,
+            self.runs.len(),
+            list(self.runs.iter().map(|r| format!("{:.0}", r.rps)).collect()),
+        )
     }
 }
 
@@ -513,14 +615,13 @@ pub fn run(root: &Path) -> Result<()> {
         envoy_concurrency: 1,
         pinning: pinning_description(),
         rounds: ROUNDS,
-        rates: RATES.to_vec(),
         rate_secs: RATE_SECS,
         rate_connections: RATE_CONNECTIONS,
         saturation_secs: SATURATION_SECS,
         saturation_connections: SATURATION_CONNECTIONS,
         warmup: format!(
-            "fresh Envoys every round, each warmed up {WARMUP_SECS} s at {WARMUP_RATE}/s, \
-             discarded"
+            "fresh Envoys every round, each warmed up {WARMUP_SECS} s at saturation (-z \
+             {WARMUP_SECS}s -c {SATURATION_CONNECTIONS} -w), discarded"
         ),
         disturbed_cores: DISTURBED_CORES,
         retries: 0,
@@ -540,6 +641,7 @@ pub fn run(root: &Path) -> Result<()> {
         callgrind_dir: out.join("callgrind"),
     };
     let Measurement {
+        calibration,
         measured,
         verification,
         retries,
@@ -552,11 +654,18 @@ pub fn run(root: &Path) -> Result<()> {
     environment.disturbed_runs_kept = measured
         .values()
         .flatten()
+        .chain(&calibration.runs)
         .filter(|r| r.disturbance_cores > DISTURBED_CORES)
         .count();
     environment.loadavg_after = loadavg();
     environment.total_secs = started.elapsed().as_secs_f64();
-    let report = Report::new(environment, &measured, instructions, verification);
+    let report = Report::new(
+        environment,
+        calibration,
+        &measured,
+        instructions,
+        verification,
+    );
     let json_path = out.join("filter-overhead.json");
     let json = serde_json::to_string_pretty(&report).context("could not serialise the report")?;
     fs::write(&json_path, json + "\n")
@@ -578,6 +687,8 @@ struct Tools<'a> {
 
 /// What [`measure`] measured.
 struct Measurement {
+    /// The capacity the fixed rates were taken from, and the rates.
+    calibration: Calibration,
     measured: Measured,
     verification: Verification,
     /// Runs made again because other work disturbed them.
@@ -597,8 +708,9 @@ async fn measure(tools: &Tools<'_>, modules: &Modules) -> Result<Measurement> {
         .await
         .context("the upstream Envoy did not start")?;
     println!(
-        "measuring: {} configurations under callgrind, then {ROUNDS} rounds of them alone and {} \
-         co-located pairs, each round with Envoys of its own; {} s at most with every retry",
+        "measuring: {} configurations under callgrind, then the no-filter Envoy's saturation \
+         throughput for the fixed rates, then {ROUNDS} rounds of them alone and {} co-located \
+         pairs, each round with Envoys of its own; {} s at most with every retry",
         Config::ALL.len(),
         CO_LOCATED.len(),
         planned_secs()
@@ -609,9 +721,17 @@ async fn measure(tools: &Tools<'_>, modules: &Modules) -> Result<Measurement> {
     let mut measured = Measured::new();
     let mut retries_left = RETRY_BUDGET;
     let mut verification = Verification::default();
+    // The calibration runs on round 1's Envoys, started and warmed up as in any round, and
+    // with the valgrind processes gone, as the rounds that follow it.
+    let first_round = start_round(oha, &upstream, modules, pinned).await?;
+    let calibration = calibrate(&first_round.0, &mut retries_left).await?;
+    let mut first_round = Some(first_round);
     for round in 0..ROUNDS {
-        let (bench, collector) = start_round(oha, &upstream, modules, pinned).await?;
-        for step in Step::all() {
+        let (bench, collector) = match first_round.take() {
+            Some(started) => started,
+            None => start_round(oha, &upstream, modules, pinned).await?,
+        };
+        for step in Step::all(&calibration.rates) {
             // The order rotates with the round so that no configuration always runs first
             // after a change of step, nor always just before the one it is compared with.
             for i in 0..Config::ALL.len() {
@@ -695,11 +815,41 @@ async fn measure(tools: &Tools<'_>, modules: &Modules) -> Result<Measurement> {
     }
 
     Ok(Measurement {
+        calibration,
         measured,
         verification,
         retries: RETRY_BUDGET - retries_left,
         instructions,
     })
+}
+
+/// Measures the no-filter Envoy of `bench` alone at saturation, [`CALIBRATION_RUNS`] times as
+/// in the saturation step (run again while disturbed, from `retries_left`), and takes the fixed
+/// rates from the median ([`fixed_rates`]).
+async fn calibrate(bench: &Bench<'_>, retries_left: &mut usize) -> Result<Calibration> {
+    let mut runs = Vec::with_capacity(CALIBRATION_RUNS);
+    for i in 0..CALIBRATION_RUNS {
+        let what = format!("calibration {}/{CALIBRATION_RUNS} none", i + 1);
+        let [run] = bench
+            .load_together_quietly([Config::None], Load::Saturation, retries_left, &what)
+            .await?;
+        println!(
+            "{what}: {:>6.0} rq/s  CPU {:>5.1} µs/rq ({:.0}%)  other work or steal {:.2} cores",
+            run.rps,
+            run.cpu_us_per_request,
+            100.0 * run.envoy_cpu_util,
+            run.disturbance_cores
+        );
+        runs.push(run);
+    }
+    let calibration = Calibration::new(runs);
+    ensure!(
+        calibration.none_saturation_rps.is_finite() && calibration.none_saturation_rps > 0.0,
+        "the calibration measured {} rq/s for the no-filter Envoy at saturation",
+        calibration.none_saturation_rps
+    );
+    println!("calibration: {}", calibration.summary());
+    Ok(calibration)
 }
 
 /// Starts one round's collector and the Envoys under test, checks that each answers through
@@ -762,12 +912,10 @@ async fn start_round<'a>(
         }
     }
     for config in Config::ALL {
-        bench
-            .load(config, Load::Rate(WARMUP_RATE, WARMUP_SECS))
-            .await?;
+        bench.load(config, Load::Warmup).await?;
     }
     println!(
-        "round: {} Envoys answer 200 and are warmed up ({WARMUP_SECS} s at {WARMUP_RATE}/s each)",
+        "round: {} Envoys answer 200 and are warmed up ({WARMUP_SECS} s at saturation each)",
         Config::ALL.len()
     );
     Ok((bench, collector))
@@ -787,6 +935,8 @@ enum Load {
     Rate(u32, u32),
     /// Closed loop, as fast as Envoy answers.
     Saturation,
+    /// Closed loop, as [`Load::Saturation`], for [`WARMUP_SECS`]: discarded.
+    Warmup,
     /// Closed loop against two Envoys at once, sharing their core ([`Bench::load_together`]).
     CoLocated,
 }
@@ -797,6 +947,7 @@ impl Load {
         match self {
             Load::Rate(_, secs) => secs,
             Load::Saturation => SATURATION_SECS,
+            Load::Warmup => WARMUP_SECS,
             Load::CoLocated => CO_LOCATED_SECS,
         }
     }
@@ -805,7 +956,7 @@ impl Load {
     fn requests(self) -> Option<u64> {
         match self {
             Load::Rate(rate, secs) => Some(u64::from(rate) * u64::from(secs)),
-            Load::Saturation | Load::CoLocated => None,
+            Load::Saturation | Load::Warmup | Load::CoLocated => None,
         }
     }
 }
@@ -1740,6 +1891,9 @@ fn median(values: &[f64]) -> f64 {
 struct Report {
     bench: &'static str,
     environment: Environment,
+    /// The no-filter Envoy's saturation throughput before the rounds, and the fixed rates
+    /// taken from it.
+    calibration: Calibration,
     configs: Vec<ConfigReport>,
     /// In [`CO_LOCATED`] order.
     co_located: Vec<CoLocated>,
@@ -1762,7 +1916,6 @@ struct Environment {
     /// Which process ran on which core.
     pinning: String,
     rounds: usize,
-    rates: Vec<u32>,
     rate_secs: u32,
     rate_connections: u32,
     saturation_secs: u32,
@@ -1781,6 +1934,7 @@ struct Environment {
 struct ConfigReport {
     name: &'static str,
     description: &'static str,
+    /// At each of the calibration's rates, in its order.
     rates: Vec<StepReport>,
     saturation: StepReport,
 }
@@ -2142,6 +2296,7 @@ struct Target {
 impl Report {
     fn new(
         environment: Environment,
+        calibration: Calibration,
         measured: &Measured,
         instructions: Instructions,
         telemetry_check: Verification,
@@ -2156,9 +2311,10 @@ impl Report {
             .map(|config| ConfigReport {
                 name: config.name(),
                 description: config.description(),
-                rates: RATES
-                    .into_iter()
-                    .map(|rate| StepReport::new(Some(rate), runs(config, Step::Rate(rate))))
+                rates: calibration
+                    .rates
+                    .iter()
+                    .map(|&rate| StepReport::new(Some(rate), runs(config, Step::Rate(rate))))
                     .collect(),
                 saturation: StepReport::new(None, runs(config, Step::Saturation)),
             })
@@ -2169,6 +2325,7 @@ impl Report {
             .collect();
         Report::from_configs(
             environment,
+            calibration,
             configs,
             co_located,
             instructions,
@@ -2177,15 +2334,17 @@ impl Report {
     }
 
     /// The derived figures and targets from the figures of each configuration, in
-    /// [`Config::ALL`] order.
+    /// [`Config::ALL`] order, each with a step at each of `calibration`'s rates.
     fn from_configs(
         environment: Environment,
+        calibration: Calibration,
         configs: Vec<ConfigReport>,
         co_located: Vec<CoLocated>,
         instructions: Instructions,
         telemetry_check: Verification,
     ) -> Report {
-        let added: Vec<Added> = RATES
+        let added: Vec<Added> = calibration
+            .rates
             .iter()
             .enumerate()
             .map(|(i, &rate)| {
@@ -2252,6 +2411,7 @@ impl Report {
         Report {
             bench: "filter-overhead",
             environment,
+            calibration,
             configs,
             co_located,
             instructions,
@@ -2278,6 +2438,7 @@ impl Report {
         let added_cpu = |v: f64| format!("{v:+.1}");
         let ratio = |v: f64| format!("{v:.2}");
         let ratios = |vs: &[f64]| vs.iter().map(|&v| ratio(v)).collect::<Vec<_>>().join(", ");
+        out.push_str(&format!("Load: {}.\n\n", self.calibration.summary()));
         header(
             &mut out,
             &[
@@ -2291,15 +2452,14 @@ impl Report {
                 "added CPU µs/rq",
             ],
         );
-        for (i, rate) in RATES.into_iter().enumerate() {
-            let a = &self.derived.added[i];
+        for (i, a) in self.derived.added.iter().enumerate() {
             for c in &self.configs {
                 let r = &c.rates[i];
                 line(
                     &mut out,
                     vec![
                         c.name.to_owned(),
-                        format!("{rate}/s"),
+                        format!("{}/s", a.rate),
                         us(r.p50_us),
                         us(r.p99_us),
                         us(r.p999_us),
@@ -3060,6 +3220,30 @@ mod tests {
     }
 
     #[test]
+    fn fixed_rates_are_shares_of_the_measured_capacity() {
+        // 10% and 40%, to the nearest 100/s: today's slow machine, and a fast day.
+        assert_eq!(fixed_rates(4515.0), [500, 1800]);
+        assert_eq!(fixed_rates(4449.0), [400, 1800]);
+        assert_eq!(fixed_rates(17_000.0), [1700, 6800]);
+        // At least 100/s, and the second above the first, so their labels differ.
+        assert_eq!(fixed_rates(900.0), [100, 400]);
+        assert_eq!(fixed_rates(300.0), [100, 200]);
+        assert_eq!(fixed_rates(0.0), [100, 200]);
+        assert_eq!(fixed_rates(f64::NAN), [100, 200]);
+        let labels: Vec<String> = Step::all(&fixed_rates(4515.0)).map(Step::label).collect();
+        assert_eq!(labels, ["500/s", "1800/s", "saturation"]);
+
+        // The median run sets the rates, not one a burst slowed or the machine sped up for.
+        let c = Calibration::new([2000.0, 4600.0, 9000.0].map(run).to_vec());
+        assert_eq!(c.none_saturation_rps, 4600.0);
+        assert_eq!(c.rates, [500, 1800]);
+        assert_eq!(c.rate_shares, [500.0 / 4600.0, 1800.0 / 4600.0]);
+        assert_eq!(c.fractions, RATE_FRACTIONS);
+        assert_eq!(c.runs.len(), 3);
+        assert!(c.method.contains("3 times"), "{}", c.method);
+    }
+
+    #[test]
     fn saturation_is_judged_on_the_co_located_runs() {
         // Alone, the machine slows down round by round and a burst of other work hit the
         // floor's run of round 2: the solo figures say 0.97 (ratio of medians) and 0.85 (median
@@ -3119,6 +3303,9 @@ mod tests {
             };
             StepReport::new(rate, &[r])
         };
+        // The no-filter Envoy saturated at 4510, 4460 and 4700 rq/s alone: 10% and 40% of 4510.
+        let calibration = Calibration::new([4510.0, 4460.0, 4700.0].map(run).to_vec());
+        assert_eq!(calibration.rates, [500, 1800]);
         // none, empty-wat, empty-sdk, shadowplane: p99 at each rate, saturation rq/s.
         let figures = [
             (100.0, 10000.0),
@@ -3132,9 +3319,10 @@ mod tests {
             .map(|(c, (p99, rps))| ConfigReport {
                 name: c.name(),
                 description: c.description(),
-                rates: RATES
-                    .into_iter()
-                    .map(|r| step(Some(r), 0.0, p99, 10.0))
+                rates: calibration
+                    .rates
+                    .iter()
+                    .map(|&r| step(Some(r), 0.0, p99, 10.0))
                     .collect(),
                 saturation: step(None, rps, 0.0, 10.0),
             })
@@ -3149,7 +3337,6 @@ mod tests {
             envoy_concurrency: 1,
             pinning: "test".to_owned(),
             rounds: 1,
-            rates: RATES.to_vec(),
             rate_secs: RATE_SECS,
             rate_connections: RATE_CONNECTIONS,
             saturation_secs: SATURATION_SECS,
@@ -3175,24 +3362,53 @@ mod tests {
             pair(Config::EmptyWat, Config::EmptySdk, &[10000.0], &[9600.0]),
         ];
         let counts = instructions([150_000.0, 174_500.0, 179_000.0, 195_500.0]);
-        let report = Report::from_configs(environment, configs, co, counts, verification);
+        let report =
+            Report::from_configs(environment, calibration, configs, co, counts, verification);
         let names: Vec<&str> = report.targets.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(
             names,
             [
-                "added-p99@1000 vs empty-sdk",
-                "added-p99@4000 vs empty-sdk",
+                "added-p99@500 vs empty-sdk",
+                "added-p99@1800 vs empty-sdk",
                 "saturation vs empty-sdk",
-                "added-p99@1000 vs empty-wat",
-                "added-p99@4000 vs empty-wat",
+                "added-p99@500 vs empty-wat",
+                "added-p99@1800 vs empty-wat",
                 "saturation vs empty-wat",
             ]
+        );
+        assert!(
+            report.targets[1]
+                .requirement
+                .starts_with("at 1800/s, shadowplane added p99"),
+            "{}",
+            report.targets[1].requirement
         );
         let met: Vec<bool> = report.targets.iter().map(|t| t.met).collect();
         // vs empty-sdk: 100/60 > 1.5, co-located 0.95 >= 0.9; vs empty-wat: 100/40, 0.85 < 0.9.
         assert_eq!(met, [false, false, true, false, false, false]);
         let text = report.markdown();
         assert_eq!(text.matches(": MISSED (").count(), 5, "{text}");
+        // The calibration, and each step labelled by its rate.
+        assert!(
+            text.starts_with(
+                "Load: fixed rates 500/s, 1800/s (10%, 40% of the no-filter Envoy's saturation \
+                 throughput alone, 4510 rq/s: the median of 3 runs before the rounds, 4510, \
+                 4460, 4700 rq/s).\n"
+            ),
+            "{text}"
+        );
+        for row in [
+            "| none | 500/s | 100 | 100 |",
+            "| shadowplane | 1800/s | 100 | 200 |",
+        ] {
+            assert!(text.contains(row), "no {row:?} in\n{text}");
+        }
+        for row in [
+            "| empty-sdk | 500/s | +60 | +100 |",
+            "| empty-wat | 1800/s | +40 |",
+        ] {
+            assert!(text.contains(row), "no {row:?} in\n{text}");
+        }
         assert!(
             text.contains(
                 "| empty-sdk | 0.950 | 0.950 | 1.000 | 8000 | 7800 | 0.97 | 0.97 | 0.97 | +0.0 |"
@@ -3200,6 +3416,14 @@ mod tests {
             "{text}"
         );
         let json = serde_json::to_value(&report).unwrap();
+        let cal = &json["calibration"];
+        assert_eq!(cal["none_saturation_rps"], 4510.0);
+        assert_eq!(cal["rates"], serde_json::json!([500, 1800]));
+        assert_eq!(cal["fractions"], serde_json::json!([0.1, 0.4]));
+        assert_eq!(cal["rate_shares"][1], 1800.0 / 4510.0);
+        assert_eq!(cal["runs"][2]["rps"], 4700.0);
+        assert_eq!(json["configs"][0]["rates"][1]["rate"], 1800);
+        assert_eq!(json["derived"]["added"][0]["rate"], 500);
         assert_eq!(
             json["configs"][3]["description"],
             Config::Shadowplane.description()
