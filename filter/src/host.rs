@@ -27,8 +27,10 @@ use shadowplane_wire::{RoutingMode, SessionKey, ValidConfig, ValidTelemetry};
 use crate::attribution::{Attribution, Mode};
 use crate::callout::report_headers;
 use crate::routing::{Router, cookie_value};
+use crate::streams::Streams;
 use crate::telemetry::{
     DeliveryStats, NO_CLUSTER, OVERFLOW_CLUSTER, Outgoing, RequestRecord, Settings, Telemetry,
+    status_code,
 };
 use abi::{LogLevel, Map, MetricKind};
 
@@ -51,7 +53,7 @@ const ROOT_IDLE_MS: u64 = 60_000;
 /// Per-VM (per-worker) state.
 struct Vm {
     roots: Vec<Root>,
-    streams: FxHashMap<u32, Stream>,
+    streams: Streams<Stream>,
     telemetry: Option<Telemetry>,
     /// The newest configuration's collector.
     target: Option<ValidTelemetry>,
@@ -246,19 +248,14 @@ fn property_u64(path: &str) -> Option<u64> {
 
 /// The response code from `:status`; `None` when there was no response (a reset).
 fn response_status() -> Option<u32> {
-    let b = abi::header(Map::Response, ":status")?;
-    std::str::from_utf8(&b)
-        .ok()?
-        .parse::<u32>()
-        .ok()
-        .filter(|c| *c > 0)
+    abi::header_with(Map::Response, ":status", status_code).flatten()
 }
 
 impl Vm {
     fn new() -> Self {
         Self {
             roots: Vec::new(),
-            streams: FxHashMap::default(),
+            streams: Streams::new(),
             telemetry: None,
             target: None,
             callouts: FxHashMap::default(),
@@ -480,40 +477,35 @@ fn session_key(key: &SessionKey) -> Option<Vec<u8>> {
 
 fn on_request_headers(context_id: u32) {
     let start_ns = abi::now_ns();
-    let picked = with_vm(|vm| {
-        let r = vm.rng.u64(..);
-        let stream = vm.streams.get_mut(&context_id)?;
-        stream.start_ns = start_ns;
-        let config = Rc::clone(&stream.config);
-        config.last_used_ms.set(start_ns / 1_000_000);
-        Some((config, r))
-    })
-    .flatten();
-    let Some((config, r)) = picked else {
-        return;
-    };
-    let router = &config.router;
-    let sticky = match (router.mode(), router.session_key()) {
-        (RoutingMode::Sticky, Some(key)) => session_key(key).filter(|k| !k.is_empty()),
-        _ => None,
-    };
-    let group = match sticky {
-        Some(key) => router.pick_sticky(&key),
-        None => router.pick_random(r),
-    };
-    // Setting a request header makes Envoy clear its route cache, so the route's
-    // `cluster_header` sees the group.
-    abi::set_header(Map::Request, &config.route_header, router.name(group));
+    // One borrow for the whole callback: the hostcalls made inside it only call back into the
+    // VM to allocate, which does not touch the VM's state.
     with_vm(|vm| {
-        if let Some(s) = vm.streams.get_mut(&context_id) {
-            s.group = Some(group);
-        }
+        let r = vm.rng.u64(..);
+        let Some(stream) = vm.streams.get_mut(context_id) else {
+            return;
+        };
+        stream.start_ns = start_ns;
+        let config = &stream.config;
+        config.last_used_ms.set(start_ns / 1_000_000);
+        let router = &config.router;
+        let sticky = match (router.mode(), router.session_key()) {
+            (RoutingMode::Sticky, Some(key)) => session_key(key).filter(|k| !k.is_empty()),
+            _ => None,
+        };
+        let group = match sticky {
+            Some(key) => router.pick_sticky(&key),
+            None => router.pick_random(r),
+        };
+        // Setting a request header makes Envoy clear its route cache, so the route's
+        // `cluster_header` sees the group.
+        abi::set_header(Map::Request, &config.route_header, router.name(group));
+        stream.group = Some(group);
     });
 }
 
 fn on_request_body(context_id: u32, size: usize) {
     with_vm(|vm| {
-        if let Some(s) = vm.streams.get_mut(&context_id) {
+        if let Some(s) = vm.streams.get_mut(context_id) {
             s.request_bytes = s.request_bytes.saturating_add(size as u64);
         }
     });
@@ -521,57 +513,59 @@ fn on_request_body(context_id: u32, size: usize) {
 
 fn on_response_body(context_id: u32, size: usize) {
     with_vm(|vm| {
-        if let Some(s) = vm.streams.get_mut(&context_id) {
+        if let Some(s) = vm.streams.get_mut(context_id) {
             s.response_bytes = s.response_bytes.saturating_add(size as u64);
         }
     });
 }
 
 fn on_log(context_id: u32) {
-    let Some(stream) = with_vm(|vm| vm.streams.remove(&context_id)).flatten() else {
-        return;
-    };
     let end_ns = abi::now_ns();
-    let status = response_status();
-    // The flags only tell resets and timeouts apart, and those end in a 5xx or no response:
-    // skip the attribute (a hostcall and an allocation) for every ordinary response.
-    let flags = match status {
-        Some(100..=499) => 0,
-        _ => property_u64("response\0flags").unwrap_or(0),
-    };
-    let config = &stream.config;
-    let chosen = stream.group.map(|g| config.router.name(g));
-    let mut attribution = config.attribution.get();
-    let actual = attribution
-        .wants_cluster(chosen)
-        .then(|| property_string("xds\0cluster_name"));
-    let resolved = attribution.resolve(chosen, actual.as_ref().map(|a| a.as_deref()));
-    let mode = attribution.mode();
-    config.attribution.set(attribution);
-    if resolved.switched {
-        abi::log(
-            LogLevel::Warn,
-            &format!(
-                "shadowplane: the route table sent a request for group \"{}\" to {}; this \
-                 configuration now reads the cluster of every request (slower)",
-                chosen.unwrap_or_default(),
-                resolved
-                    .cluster
-                    .map_or_else(|| "no cluster".to_string(), |c| format!("\"{c}\"")),
-            ),
-        );
-    }
-    let latency_us =
-        (stream.start_ns > 0).then(|| end_ns.saturating_sub(stream.start_ns) as f64 / 1000.0);
-    let record = RequestRecord {
-        cluster: resolved.cluster,
-        status,
-        flags,
-        request_bytes: stream.request_bytes,
-        response_bytes: stream.response_bytes,
-        latency_us,
-    };
+    // One borrow, as in `on_request_headers`.
     with_vm(|vm| {
+        let Some(stream) = vm.streams.remove(context_id) else {
+            return;
+        };
+        let status = response_status();
+        // The flags only tell resets and timeouts apart, and those end in a 5xx or no
+        // response: skip the attribute (a hostcall and an allocation) for every ordinary
+        // response.
+        let flags = match status {
+            Some(100..=499) => 0,
+            _ => property_u64("response\0flags").unwrap_or(0),
+        };
+        let config = &stream.config;
+        let chosen = stream.group.map(|g| config.router.name(g));
+        let mut attribution = config.attribution.get();
+        let actual = attribution
+            .wants_cluster(chosen)
+            .then(|| property_string("xds\0cluster_name"));
+        let resolved = attribution.resolve(chosen, actual.as_ref().map(|a| a.as_deref()));
+        let mode = attribution.mode();
+        config.attribution.set(attribution);
+        if resolved.switched {
+            abi::log(
+                LogLevel::Warn,
+                &format!(
+                    "shadowplane: the route table sent a request for group \"{}\" to {}; this \
+                     configuration now reads the cluster of every request (slower)",
+                    chosen.unwrap_or_default(),
+                    resolved
+                        .cluster
+                        .map_or_else(|| "no cluster".to_string(), |c| format!("\"{c}\"")),
+                ),
+            );
+        }
+        let latency_us =
+            (stream.start_ns > 0).then(|| end_ns.saturating_sub(stream.start_ns) as f64 / 1000.0);
+        let record = RequestRecord {
+            cluster: resolved.cluster,
+            status,
+            flags,
+            request_bytes: stream.request_bytes,
+            response_bytes: stream.response_bytes,
+            latency_us,
+        };
         if let Some(t) = &mut vm.telemetry {
             t.record(&record);
         }

@@ -33,6 +33,22 @@ pub mod flags {
     pub const STREAM_IDLE_TIMEOUT: u64 = 1 << 16;
 }
 
+/// A `:status` value as a number; `None` for anything but one to three ASCII digits that are
+/// not all zero (Envoy always sends three).
+pub fn status_code(digits: &[u8]) -> Option<u32> {
+    if digits.is_empty() || digits.len() > 3 {
+        return None;
+    }
+    let mut code = 0;
+    for d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        code = code * 10 + u32::from(d - b'0');
+    }
+    (code > 0).then_some(code)
+}
+
 /// What the host learned about one finished request.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RequestRecord<'a> {
@@ -274,6 +290,16 @@ impl Telemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_codes_are_read_from_their_digits() {
+        assert_eq!(status_code(b"200"), Some(200));
+        assert_eq!(status_code(b"503"), Some(503));
+        assert_eq!(status_code(b"7"), Some(7));
+        for bad in [&b""[..], b"000", b"2000", b"20x", b" 200", b"-20"] {
+            assert_eq!(status_code(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 
     fn settings(buffer: usize) -> Settings {
         Settings {

@@ -16,6 +16,7 @@
 #![allow(unsafe_code)]
 
 use std::alloc::{Layout, alloc};
+use std::cell::{Cell, UnsafeCell};
 use std::ptr::null_mut;
 
 #[link(wasm_import_module = "env")]
@@ -146,10 +147,30 @@ pub enum MetricKind {
 /// `proxy_buffer_type_t::PLUGIN_CONFIGURATION`.
 const PLUGIN_CONFIGURATION: u32 = 7;
 
+/// Bytes of the scratch buffer that [`header_with`] lends the host for a short value.
+const SCRATCH_LEN: usize = 32;
+
+thread_local! {
+    /// Where the host writes a short value that [`header_with`] reads at once (a status code),
+    /// saving the allocation and its free. A Wasm VM has one thread, so this is one buffer.
+    static SCRATCH: UnsafeCell<[u8; SCRATCH_LEN]> = const { UnsafeCell::new([0; SCRATCH_LEN]) };
+    /// Set by [`header_with`] for the one hostcall it makes: the next allocation that fits
+    /// takes the scratch buffer, and disarms it.
+    static SCRATCH_ARMED: Cell<bool> = const { Cell::new(false) };
+}
+
+fn scratch_ptr() -> *mut u8 {
+    SCRATCH.with(|b| b.get().cast::<u8>())
+}
+
 /// The host allocates every value it returns by calling this export. The buffer becomes a
-/// `Vec<u8>` of exactly `size` bytes in [`adopt`], so it is allocated with that layout.
+/// `Vec<u8>` of exactly `size` bytes in [`adopt`], so it is allocated with that layout; only
+/// while [`header_with`] has armed it does a short value go to the scratch buffer instead.
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
+    if size > 0 && size <= SCRATCH_LEN && SCRATCH_ARMED.replace(false) {
+        return scratch_ptr();
+    }
     match Layout::array::<u8>(size) {
         Ok(layout) if size > 0 => unsafe { alloc(layout) },
         _ => null_mut(),
@@ -203,6 +224,28 @@ pub fn plugin_configuration(size: usize) -> Result<Vec<u8>, Status> {
 pub fn header(map: Map, name: &str) -> Option<Vec<u8>> {
     read(|d, s| unsafe { proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), d, s) })
         .ok()
+}
+
+/// Hands header `name`'s value to `f` without keeping it: a short value (a status code) goes
+/// through the scratch buffer, not the allocator. `None` when the header is absent.
+pub fn header_with<R>(map: Map, name: &str, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    let mut data = null_mut();
+    let mut size = 0;
+    SCRATCH_ARMED.set(true);
+    let code = unsafe {
+        proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut data, &mut size)
+    };
+    SCRATCH_ARMED.set(false);
+    if Status::from_code(code) != Status::Ok {
+        return None;
+    }
+    if data == scratch_ptr() && size <= SCRATCH_LEN {
+        // Copied out before use: the buffer is the host's to write on the next armed call.
+        let mut value = [0; SCRATCH_LEN];
+        SCRATCH.with(|b| value = unsafe { *b.get() });
+        return value.get(..size).map(f);
+    }
+    Some(f(&adopt(data, size)))
 }
 
 /// Sets header `name` to `value`, replacing any value it had.
