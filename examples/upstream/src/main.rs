@@ -284,13 +284,17 @@ async fn follow(state: Arc<State>) {
 
 /// Sets the ballast and the background CPU to the profile's values now; returns the cores.
 fn adjust(state: &State) -> f64 {
+    // The ballast's lock is taken before the profile is read, so two adjustments (the
+    // ticker's and a control request's) run one after the other and the later one reads the
+    // later profile: otherwise a tick that read the profile before a change could resize the
+    // ballast after it, back to the old size.
+    let mut ballast = lock(&state.ballast);
     let p = state
         .profile
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .params_at(state.clock.now_s(), state.seed);
     let want = p.memory_mb.round().max(0.0) as usize * MIB;
-    let mut ballast = lock(&state.ballast);
     if ballast.len() > want {
         ballast.truncate(want);
         ballast.shrink_to(want.max(MIB));
@@ -307,10 +311,11 @@ fn adjust(state: &State) -> f64 {
             held += n;
         }
     }
-    drop(ballast);
+    // Under the same lock, for the same reason.
     state
         .background
         .store(p.background_cores.to_bits(), Ordering::Relaxed);
+    drop(ballast);
     p.background_cores
 }
 
