@@ -20,6 +20,9 @@ use crate::{Collector, Envoy, EnvoyOpts, Upstream};
 /// The token the stack's collector expects and the default filter configuration sends.
 pub const TOKEN: &str = "test-token";
 
+/// The counter of route tables the test Envoy applied from `routes.yaml`.
+const RDS_UPDATES: &str = "http.ingress.rds.shadowplane.update_success";
+
 /// The repository root (this crate lives in `tests/`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -190,20 +193,12 @@ impl FilterStack {
     /// Sets both the filter's weights and the route's fallback weights, filter first, and
     /// waits until Envoy applied both.
     pub async fn set_weights(&self, filter: &serde_json::Value) -> anyhow::Result<()> {
-        let rds = "http.ingress.rds.shadowplane.update_success";
-        let before = self.envoy.stat_counter(rds).await.unwrap_or(0);
+        let before = self.route_updates().await;
         if !self.set_filter_config(filter).await? {
             bail!("Envoy rejected the filter configuration {filter}");
         }
         self.write_routes(&weights_of(filter))?;
-        if !self
-            .envoy
-            .wait_for_counter(rds, before + 1, Duration::from_secs(10))
-            .await
-        {
-            bail!("Envoy did not apply the new routes within 10 s");
-        }
-        Ok(())
+        self.wait_routes_applied(before).await
     }
 
     /// Puts `route` (one route of a virtual host, as YAML) before the shipped routes, with the
@@ -214,8 +209,7 @@ impl FilterStack {
         filter: &serde_json::Value,
         route: &str,
     ) -> anyhow::Result<()> {
-        let rds = "http.ingress.rds.shadowplane.update_success";
-        let before = self.envoy.stat_counter(rds).await.unwrap_or(0);
+        let before = self.route_updates().await;
         let route: Value = serde_yaml_ng::from_str(route).context("the route is not YAML")?;
         let mut doc = self.routes_template.clone();
         doc["resources"][0]["virtual_hosts"][0]["routes"]
@@ -223,9 +217,19 @@ impl FilterStack {
             .context("routes.yaml has no routes")?
             .insert(0, route);
         write_routes(self.dynamic.path(), &doc, &weights_of(filter))?;
+        self.wait_routes_applied(before).await
+    }
+
+    /// Route tables Envoy has applied so far.
+    async fn route_updates(&self) -> u64 {
+        self.envoy.stat_counter(RDS_UPDATES).await.unwrap_or(0)
+    }
+
+    /// Waits until Envoy applied one route table more than `before`.
+    async fn wait_routes_applied(&self, before: u64) -> anyhow::Result<()> {
         if !self
             .envoy
-            .wait_for_counter(rds, before + 1, Duration::from_secs(10))
+            .wait_for_counter(RDS_UPDATES, before + 1, Duration::from_secs(10))
             .await
         {
             bail!("Envoy did not apply the new routes within 10 s");
